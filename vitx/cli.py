@@ -1,0 +1,68 @@
+"""`vitx train | eval | bench`: the command line.
+
+  vitx train --config configs/vit_digits.py[:arg] --workdir DIR [--config.key=value ...]
+  vitx eval  --config configs/vit_digits.py --checkpoint DIR [--config.key=value ...]
+  vitx bench --config configs/vit_digits.py [--steps N]
+
+Config errors print one line, `vitx: error: <what> ; <fix>`, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitx", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train (or resume) a model from a config file")
+    t.add_argument("--config", required=True, help="path/to/config.py[:arg]")
+    t.add_argument("--workdir", required=True, help="checkpoints, metrics and config.json go here")
+    e = sub.add_parser("eval", help="evaluate a checkpoint on the config's evals")
+    e.add_argument("--config", required=True)
+    e.add_argument("--checkpoint", required=True, help="a vitx workdir or .npz file")
+    e.add_argument("--output", default=None, help="metrics JSON (default: next to checkpoint)")
+    b = sub.add_parser("bench", help="measure train-step throughput for a config")
+    b.add_argument("--config", required=True)
+    b.add_argument("--steps", type=int, default=20)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vitx import config as config_lib
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, overrides = config_lib.split_argv(argv)
+    args = _parser().parse_args(rest)
+    try:
+        config = config_lib.load_config(args.config)
+        config_lib.apply_overrides(config, overrides)
+        if args.command == "train":
+            from vitx.train import trainer
+            trainer.train(config, args.workdir)
+        elif args.command == "eval":
+            from vitx.train import evaluator_cli
+            metrics = evaluator_cli.evaluate_checkpoint(config, args.checkpoint)
+            out = args.output or os.path.join(
+                args.checkpoint if os.path.isdir(args.checkpoint)
+                else os.path.dirname(args.checkpoint) or ".", "eval_metrics.json")
+            with open(out, "w") as f:
+                json.dump(metrics, f, indent=2, sort_keys=True)
+            print(json.dumps(metrics, sort_keys=True))
+            print(f"vitx: metrics written to {out}")
+        else:
+            from vitx import bench
+            bench.run(config, steps=args.steps)
+    except (config_lib.ConfigError, FileNotFoundError) as e:
+        print(f"vitx: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
