@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             from vitx.train import trainer
             trainer.train(config, args.workdir)
         elif args.command == "eval":
-            from vitx.train import evaluator_cli
-            metrics = evaluator_cli.evaluate_checkpoint(config, args.checkpoint)
+            from vitx import evaluate
+            metrics = evaluate.evaluate_checkpoint(config, args.checkpoint)
             out = args.output or os.path.join(
                 args.checkpoint if os.path.isdir(args.checkpoint)
                 else os.path.dirname(args.checkpoint) or ".", "eval_metrics.json")

@@ -82,3 +82,56 @@ class ClassificationEvaluator:
             [metrics[f"{self.name}/accuracy@{p}"] for p in self.patch_sizes]))
         metrics[f"{self.name}/accuracy_best"] = best
         return metrics
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str) -> dict[str, float]:
+    """Run every `config.evals` evaluator on the params of `checkpoint` (`vitx eval`).
+
+    `checkpoint` is a vitx workdir / checkpoints dir (latest step) or a `.npz[:subtree]` file in
+    vitx, big_vision or vit_jax layout (detected from the names).
+
+    Raises:
+      FileNotFoundError: no checkpoint at that path.
+      ValueError: the checkpoint's params do not fit the config's model (names listed).
+    """
+    import jax.numpy as jnp
+
+    from vitx.train import checkpoint as ckpt_lib
+    from vitx.train import transfer
+    from vitx.train.trainer import build_model
+
+    mesh = shd.make_mesh(config.mesh)
+    path, subtree = transfer.parse_init_spec(checkpoint)
+    if path.endswith(".npz"):
+        loaded = transfer.load_npz(path, subtree=subtree)
+        step = None
+    else:
+        loaded, meta = ckpt_lib.load_params(path)
+        step = meta.get("step")
+    model = build_model(config)
+    evals = config.get("evals") or {}
+    if not evals:
+        raise ValueError("config.evals is empty; add e.g. evals.test=dict(dataset=..., "
+                         "split=..., pp=...)")
+    first = next(iter(evals.values()))
+    probe = pipeline.build_dataset(name=first.dataset, split=first.split,
+                                   data_dir=config.get("data_dir"), pp=first.pp,
+                                   global_batch_size=first.get("batch_size",
+                                                               config.input.batch_size),
+                                   train=False)
+    image_shape = tuple(probe.element_spec["image"].shape[1:])
+    kw = {"patch_size": config.flexi.patch_sizes[0]} if config.get("flexi") else {}
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                               jnp.zeros((1, *image_shape)), **kw)["params"])
+    params = transfer.merge_params(
+        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes), loaded)
+    param_shardings = shd.tree_shardings(params, mesh, list(config.get("sharding_rules") or []))
+    params = jax.device_put(params, param_shardings)
+    metrics: dict[str, float] = {} if step is None else {"step": float(step)}
+    for name, ev in evals.items():
+        evaluator = ClassificationEvaluator(
+            name, ev, model=model, num_classes=config.num_classes, mesh=mesh,
+            data_dir=config.get("data_dir"), default_batch_size=config.input.batch_size,
+            param_shardings=param_shardings)
+        metrics.update(evaluator.run(params))
+    return metrics

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -97,12 +98,17 @@ def find_checkpoint_dir(path: str) -> str:
 def load_params(path: str, step: int | None = None) -> tuple[Any, dict]:
     """Params (host numpy tree) and meta of a vitx checkpoint in a workdir, without a template."""
     ckpt_dir = find_checkpoint_dir(path)
-    ckptr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "meta"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-    step = ckptr.latest_step() if step is None else step
-    out = ckptr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(),
-                                                      meta=ocp.args.JsonRestore()))
-    ckptr.close()
+    mngr = ocp.CheckpointManager(
+        ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+    step = mngr.latest_step() if step is None else step
+    # Restore as host numpy: works whatever mesh/devices the checkpoint was written on.
+    tree = mngr.item_metadata(step)["state"].tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(restore_args=restore_args), meta=ocp.args.JsonRestore()))
+    mngr.close()
     return out["state"]["params"], dict(out["meta"])
 
 

@@ -37,20 +37,54 @@ def softmax_xent(logits: Array, labels: Array) -> Array:
     return -jnp.sum(labels * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
 
 
-def make_loss_fn(model: nn.Module, num_classes: int, model_kw: dict | None = None
-                 ) -> Callable[[Any, dict, Array], Array]:
-    """loss(params, batch, rng) -> mean softmax cross-entropy over the batch (scalar)."""
-    model_kw = dict(model_kw or {})
+def distill_loss(student_logits: Array, teacher_logits: Array, temperature: float = 1.0
+                 ) -> Array:
+    """Per-example soft cross-entropy to the teacher's softened distribution, (B, K) -> (B,).
 
-    def loss_fn(params: Any, batch: dict, rng: Array) -> Array:
+    KL(teacher || student) up to the teacher's entropy (a constant), so its gradient is the KL's;
+    scaled by T^2 as in Hinton et al. 2015, Sec. 2. FlexiViT (Beyer et al. 2023, Sec. 3.5; seed
+    001 claims 4-6) distils a FlexiViT student from a fixed-patch-size teacher this way.
+    """
+    t = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature)
+    return softmax_xent(student_logits / temperature, t) * temperature**2
+
+
+def kl_divergence(student_logits: Array, teacher_logits: Array) -> Array:
+    """KL(softmax(teacher) || softmax(student)) per example, (B, K) -> (B,); 0 iff equal."""
+    lt = jax.nn.log_softmax(teacher_logits.astype(jnp.float32))
+    ls = jax.nn.log_softmax(student_logits.astype(jnp.float32))
+    return jnp.sum(jnp.exp(lt) * (lt - ls), axis=-1)
+
+
+def make_loss_fn(model: nn.Module, num_classes: int, model_kw: dict | None = None, *,
+                 teacher: nn.Module | None = None, teacher_kw: dict | None = None,
+                 label_weight: float = 0.0, temperature: float = 1.0
+                 ) -> Callable[..., Array]:
+    """loss(params, batch, rng, teacher_params=None) -> scalar mean loss over the batch.
+
+    Without a teacher: softmax cross-entropy with the (soft) labels. With a teacher (distillation):
+    `(1 - label_weight) * KL(teacher || student) + label_weight * xent(labels)`.
+    """
+    model_kw = dict(model_kw or {})
+    teacher_kw = dict(teacher_kw or {})
+
+    def loss_fn(params: Any, batch: dict, rng: Array, teacher_params: Any = None) -> Array:
         logits, _ = model.apply({"params": params}, batch["image"], train=True,
                                 rngs={"dropout": rng}, **model_kw)
-        return jnp.mean(softmax_xent(logits, onehot_labels(batch["label"], num_classes)))
+        xent = softmax_xent(logits, onehot_labels(batch["label"], num_classes))
+        if teacher is None:
+            return jnp.mean(xent)
+        t_logits, _ = teacher.apply({"params": teacher_params}, batch["image"], train=False,
+                                    **teacher_kw)
+        t_logits = jax.lax.stop_gradient(t_logits)
+        kd = distill_loss(logits, t_logits, temperature) - distill_loss(
+            t_logits, t_logits, temperature)  # minus the teacher entropy: exactly the KL
+        return jnp.mean((1.0 - label_weight) * kd + label_weight * xent)
     return loss_fn
 
 
 def accumulate_gradients(loss_fn: Callable, params: Any, batch: dict, rng: Array,
-                         accum_steps: int) -> tuple[Array, Any]:
+                         accum_steps: int, *extra: Any) -> tuple[Array, Any]:
     """Mean loss and gradient over `accum_steps` equal micro-batches, computed one at a time.
 
     Equals `jax.value_and_grad(loss_fn)(params, batch, rng)` up to float rounding (for models
@@ -58,7 +92,7 @@ def accumulate_gradients(loss_fn: Callable, params: Any, batch: dict, rng: Array
     Micro-batch j takes rows j, j+k, j+2k, ... so each stays spread over all data shards.
     """
     if accum_steps == 1:
-        return jax.value_and_grad(loss_fn)(params, batch, rng)
+        return jax.value_and_grad(loss_fn)(params, batch, rng, *extra)
 
     def split(x: Array) -> Array:
         return jnp.swapaxes(x.reshape((-1, accum_steps) + x.shape[1:]), 0, 1)
@@ -68,7 +102,8 @@ def accumulate_gradients(loss_fn: Callable, params: Any, batch: dict, rng: Array
     def body(carry: tuple, xs: tuple) -> tuple:
         loss_sum, grad_sum = carry
         i, mb = xs
-        loss, grads = jax.value_and_grad(loss_fn)(params, mb, jax.random.fold_in(rng, i))
+        loss, grads = jax.value_and_grad(loss_fn)(params, mb, jax.random.fold_in(rng, i),
+                                                  *extra)
         return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -79,17 +114,20 @@ def accumulate_gradients(loss_fn: Callable, params: Any, batch: dict, rng: Array
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_classes: int,
                     accum_steps: int = 1, frozen: Any = None,
-                    schedule: optax.Schedule | None = None,
-                    model_kw: dict | None = None) -> Callable[[State, dict], tuple[State, dict]]:
-    """train_step(state, batch) -> (new state, metrics {loss, grad_norm, lr}).
+                    schedule: optax.Schedule | None = None, model_kw: dict | None = None,
+                    distill: dict | None = None) -> Callable[..., tuple[State, dict]]:
+    """train_step(state, batch[, teacher_params]) -> (new state, metrics {loss, grad_norm, lr}).
 
-    `frozen` (a tree of bools like params) keeps those params bit-identical.
+    `frozen` (a tree of bools like params) keeps those params bit-identical. `distill`: kwargs of
+    `make_loss_fn` (teacher, teacher_kw, label_weight, temperature); the step then takes the
+    teacher's params as a third argument.
     """
-    loss_fn = make_loss_fn(model, num_classes, model_kw)
+    loss_fn = make_loss_fn(model, num_classes, model_kw, **(distill or {}))
 
-    def train_step(state: State, batch: dict) -> tuple[State, dict]:
+    def train_step(state: State, batch: dict, *teacher_params: Any) -> tuple[State, dict]:
         rng = jax.random.fold_in(state["rng"], state["step"])
-        loss, grads = accumulate_gradients(loss_fn, state["params"], batch, rng, accum_steps)
+        loss, grads = accumulate_gradients(loss_fn, state["params"], batch, rng, accum_steps,
+                                           *teacher_params)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         if frozen is not None:

@@ -168,6 +168,52 @@ def _load_init_params(config: ml_collections.ConfigDict, init_params: Any) -> An
         posemb_method=load_cfg.get("posemb_method", "bilinear"))
 
 
+def _load_teacher(config: ml_collections.ConfigDict, mesh: Any) -> tuple[dict | None, tuple,
+                                                                         tuple]:
+    """Distillation teacher from `config.distill.teacher` (a vitx workdir: its config.json says
+    which model it is). Returns (make_loss_fn kwargs, (teacher_params,), (their shardings,))."""
+    dcfg = config.get("distill") or {}
+    if not dcfg.get("teacher"):
+        return None, (), ()
+    path = dcfg.teacher
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise config_lib.ConfigError(f"distill.teacher={path!r} has no config.json; pass the "
+                                     f"workdir of a finished vitx run")
+    with open(cfg_path) as f:
+        tcfg = json.load(f)
+    teacher = models.build_model(tcfg["model_name"], tcfg["num_classes"], **tcfg["model"])
+    if tcfg["num_classes"] != config.num_classes:
+        raise config_lib.ConfigError(f"distill.teacher has {tcfg['num_classes']} classes but "
+                                     f"num_classes={config.num_classes}; they must match")
+    params, _ = ckpt_lib.load_params(path)
+    shardings = shd.tree_shardings(params, mesh, list(config.get("sharding_rules") or []))
+    params = jax.device_put(params, shardings)
+    tkw = {}
+    if tcfg.get("flexi"):
+        tkw = {"patch_size": dcfg.get("teacher_patch_size") or tcfg["flexi"]["patch_sizes"][0]}
+    kw = dict(teacher=teacher, teacher_kw=tkw, label_weight=float(dcfg.get("label_weight", 0.0)),
+              temperature=float(dcfg.get("temperature", 1.0)))
+    print(f"vitx: distilling from {path} ({tcfg['model_name']} {tcfg['model'].get('variant')})",
+          flush=True)
+    return kw, (params,), (shardings,)
+
+
+def _write_patch_size_plot(workdir: str, metrics: dict[str, float], evaluators: list,
+                           image_hw: tuple[int, int]) -> None:
+    from vitx import plots
+
+    for ev in evaluators:
+        if not ev.patch_sizes:
+            continue
+        per_size = plots.read_per_size_metrics(metrics, f"{ev.name}/accuracy")
+        path = plots.plot_accuracy_vs_patch_size(
+            {os.path.basename(os.path.normpath(workdir)): per_size},
+            os.path.join(workdir, f"{ev.name}_accuracy_vs_patch_size.png"),
+            image_size=image_hw, title=f"{ev.name} accuracy per patch size")
+        print(f"vitx: wrote {path}", flush=True)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train per `config`, writing to `workdir`; returns the final eval metrics.
 
@@ -179,9 +225,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     config_lib.validate(config, num_devices=mesh.size)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main:
-        print("vitx: resolved config:\n" + config_lib.to_json(config), flush=True)
-        ckpt_lib.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
     data_dir = config.get("data_dir")
     inp = config.input
@@ -213,6 +256,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         except ValueError as e:
             raise config_lib.ConfigError(str(e)) from e
     default_kw = _model_kw_for(config, patch_schedule(0) if patch_schedule else None)
+    if is_main:  # only once the config is known to be valid: a bad start writes nothing
+        print("vitx: resolved config:\n" + config_lib.to_json(config), flush=True)
+        ckpt_lib.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
     # Params first (for the optimizer's masks), then the whole state in its shardings.
     param_shapes = jax.eval_shape(
@@ -251,13 +297,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     batch_sharding = shd.batch_sharding(mesh)
     repl = shd.replicated(mesh)
 
+    distill, teacher_args, teacher_shardings = _load_teacher(config, mesh)
+
     def make_step(ps: int | None):
         return steps.make_train_step(
             model, tx, num_classes=config.num_classes,
             accum_steps=config.get("grad_accum_steps", 1), frozen=frozen, schedule=schedule,
-            model_kw=_model_kw_for(config, ps))
-    train_steps = steps.StepCache(make_step, in_shardings=(state_shardings, batch_sharding),
-                                  out_shardings=(state_shardings, repl), donate_argnums=(0,))
+            model_kw=_model_kw_for(config, ps), distill=distill)
+    train_steps = steps.StepCache(
+        make_step, in_shardings=(state_shardings, batch_sharding, *teacher_shardings),
+        out_shardings=(state_shardings, repl), donate_argnums=(0,))
 
     evaluators = [
         evaluate.ClassificationEvaluator(
@@ -296,7 +345,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         while step < total_steps:
             batch = next(batches)
             ps = patch_schedule(step) if patch_schedule else None
-            state, metrics = train_steps(ps)(state, batch)
+            state, metrics = train_steps(ps)(state, batch, *teacher_args)
             step += 1
             if step % log_every == 0 or step == total_steps or step == start_step + 1:
                 metrics = jax.device_get(metrics)
@@ -318,13 +367,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             if ckpt_every and step % ckpt_every == 0 and step != total_steps:
                 save(step)
             if stop.signum is not None:
-                save(step)
+                if checkpointer.latest_step() != step:
+                    save(step)
                 checkpointer.close()
                 writer.flush()
                 print(f"vitx: stopped at step {step}/{total_steps}; run the same command "
                       f"again to resume", flush=True)
                 return {}
         final_metrics = run_evals(step)
+        if is_main and any(ev.patch_sizes for ev in evaluators):
+            _write_patch_size_plot(workdir, final_metrics, evaluators, image_shape[:2])
         if checkpointer.latest_step() != step:
             save(step)
         checkpointer.close()

@@ -1,0 +1,95 @@
+"""`vitx bench`: train-step throughput of a config, and ratios measured in one run.
+
+Times the jitted, sharded train step on a synthetic batch of the config's shape (the input
+pipeline is not timed) for several variants of the config and prints each one's steps/s and
+images/s and its ratio to the first. Absolute numbers on shared CPUs are noisy; compare the
+ratios, which are measured back to back in one process. Variants:
+  base            the config as is
+  bf16            model.dtype_mm = "bfloat16" (matmuls in bfloat16, params in float32)
+  scan+remat      model.scan = True, model.remat_policy = "nothing_saveable"
+  patch=<p>       for FlexiViT configs: one variant per patch size in flexi.patch_sizes
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vitx.data import pipeline
+from vitx.train import optim, steps
+from vitx.train import sharding as shd
+from vitx.train.trainer import build_model, init_state
+
+
+def _time_variant(config: ml_collections.ConfigDict, image_shape: tuple, mesh: Any,
+                  num_steps: int, patch_size: int | None) -> tuple[float, float]:
+    model = build_model(config)
+    kw = {} if patch_size is None else {"patch_size": patch_size}
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                               jnp.zeros((1, *image_shape)), **kw)["params"])
+    tx = optim.make_optimizer(config, shapes)
+    state, state_shardings = init_state(config, model, tx, image_shape, mesh, kw)
+    bs = shd.batch_sharding(mesh)
+    n = config.input.batch_size
+    rng = np.random.RandomState(0)
+    batch = {"image": jax.device_put(rng.uniform(-1, 1, (n, *image_shape)).astype(np.float32), bs),
+             "label": jax.device_put((np.arange(n) % config.num_classes).astype(np.int32), bs)}
+    fn = jax.jit(steps.make_train_step(model, tx, num_classes=config.num_classes,
+                                       accum_steps=config.get("grad_accum_steps", 1),
+                                       model_kw=kw),
+                 in_shardings=(state_shardings, bs), donate_argnums=(0,))
+    t0 = time.perf_counter()
+    state, m = fn(state, batch)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(num_steps):
+        state, m = fn(state, batch)
+    jax.block_until_ready(m)
+    return num_steps / (time.perf_counter() - t0), compile_s
+
+
+def run(config: ml_collections.ConfigDict, *, steps: int = 20) -> list[dict[str, Any]]:
+    """Print and return one row per variant: name, steps/s, images/s, ratio to base."""
+    mesh = shd.make_mesh(config.mesh)
+    inp = config.input
+    probe = pipeline.build_dataset(name=inp.dataset, split=inp.split,
+                                   data_dir=config.get("data_dir"), pp=inp.pp,
+                                   global_batch_size=inp.batch_size, train=True,
+                                   shuffle_buffer=1, cache=False,
+                                   label_subset=inp.get("label_subset"))
+    image_shape = tuple(probe.element_spec["image"].shape[1:])
+    config = copy.deepcopy(config)
+    config.unlock()
+    config.total_steps = config.get("total_steps") or 1000
+    variants: list[tuple[str, ml_collections.ConfigDict, int | None]] = []
+    if config.get("flexi"):
+        for p in config.flexi.patch_sizes:
+            variants.append((f"patch={p}", config, p))
+    else:
+        variants.append(("base", config, None))
+        for name, updates in (("bf16", {"dtype_mm": "bfloat16"}),
+                              ("scan+remat", {"scan": True, "remat_policy": "nothing_saveable"})):
+            c = copy.deepcopy(config)
+            c.model.update(updates)
+            variants.append((name, c, None))
+    rows = []
+    print(f"vitx bench: batch {inp.batch_size}, image {image_shape}, {steps} timed steps, "
+          f"{jax.device_count()} x {jax.devices()[0].platform}")
+    for name, c, p in variants:
+        sps, compile_s = _time_variant(c, image_shape, mesh, steps, p)
+        rows.append({"variant": name, "steps_per_sec": sps,
+                     "img_per_sec": sps * inp.batch_size, "compile_s": compile_s})
+    base = rows[0]["steps_per_sec"]
+    for r in rows:
+        r["ratio"] = r["steps_per_sec"] / base
+        print(f"  {r['variant']:<12} {r['steps_per_sec']:8.2f} steps/s  "
+              f"{r['img_per_sec']:9.1f} img/s  x{r['ratio']:.2f} vs {rows[0]['variant']}  "
+              f"(compile {r['compile_s']:.1f} s)")
+    return rows

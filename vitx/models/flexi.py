@@ -1,0 +1,189 @@
+"""FlexiViT: one ViT for all patch sizes.
+
+Source: Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023, Sec. 3 (seed 001,
+CN117556885A). The model is a plain ViT (`vitx.models.vit`) whose patch-embedding kernel and
+learned position embedding are stored once, at a fixed "base" shape, and resized on the fly to
+the patch size of the current call:
+
+  * Sec. 3.4 (PI-resize): the kernel (P0h, P0w, C, D) becomes (ph, pw, C, D) with
+    ŵ = pinv(Bᵀ) w, B the bilinear resize matrix, so that ⟨B x, ŵ⟩ = ⟨x, w⟩ for every patch x
+    when upsampling (least squares when downsampling). The bias is not resized. The matrices
+    come from `vitx.train.transfer.pi_resize_patch_kernel` (host constants, computed once per
+    (base, p) pair and cached; inside `jit` they are baked into the program).
+  * Sec. 3: the learned position embedding is one grid (default 7x7) bilinearly resized to the
+    current token grid (H/ph, W/pw) with `vitx.train.transfer.resize_posemb`.
+  * Sec. 3: everything else (encoder, cls token, head) is shared unchanged across patch sizes.
+
+The patch size is a *static* Python int or (h, w) pair: every distinct size is its own compiled
+program (big_vision passes the grid as a static argument in the same way). Under
+`jax.jit(model.apply, static_argnames=("patch_size", "train"))` each size compiles once and is
+reused after that.
+
+Parameter tree: identical names to `vitx.models.vit` (so checkpoints move between the two)::
+
+    embedding/{kernel (P0h, P0w, C, D), bias (D,)}   # P0 = base_patch_size
+    cls (1, 1, D)                                   # pool_type == "tok" only
+    pos_embedding (1, G0h * G0w, D)                 # posemb == "learn" only; G0 = posemb_grid
+    Transformer/..., head/...                       # as in vit.py
+
+With `patch_size == base_patch_size` and `posemb_grid == (H/P, W/P)` the model computes exactly
+what `vit.Model` computes with the same params.
+
+Reference defaults [EXT, big_vision configs/proj/flexivit]: base kernel 32x32, posemb grid 7x7,
+240 px images, patch sizes {8, 10, 12, 15, 16, 20, 24, 30, 40, 48} sampled uniformly per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitx.models import layers, vit
+from vitx.train import transfer
+
+Array = jax.Array
+
+
+def _pair(size: Any, what: str) -> tuple[int, int]:
+    """An int n (-> (n, n)) or a pair of ints, all > 0, as a tuple of Python ints.
+
+    Raises:
+      ValueError: `size` is not a static positive int / pair (e.g. a traced jax value).
+    """
+    hw = (size, size) if isinstance(size, int | np.integer) else size
+    try:
+        hw = tuple(hw)
+    except TypeError:
+        hw = ()
+    if len(hw) != 2 or not all(isinstance(v, int | np.integer) and not isinstance(v, bool)
+                               and v > 0 for v in hw):
+        raise ValueError(f"{what}={size!r} is not a size; pass a static Python int > 0 or a pair "
+                         f"(height, width) of them (each patch size is its own compiled program)")
+    return int(hw[0]), int(hw[1])
+
+
+class FlexiPatchEmbed(nn.Module):
+    """Patch embedding with one base kernel, PI-resized to the requested patch size.
+
+    Params: `kernel` (P0h, P0w, C, D) (lecun-normal, as `nn.Conv`) and `bias` (D,) (zeros), the
+    same names and inits as the plain ViT's `nn.Conv` "embedding".
+
+    Call: images (B, H, W, C) and a static patch size (ph, pw) -> tokens (B, H/ph, W/pw, D). The
+    kernel is resized with `transfer.pi_resize_patch_kernel` (identity at the base size; the
+    bias is never resized) and applied as a VALID conv with stride = patch size, computed in
+    `dtype` (params stay float32).
+
+    Source: FlexiViT, CVPR 2023, Sec. 3.4 (PI-resize), Sec. 3.1 (ViT patch embedding).
+
+    Raises:
+      ValueError: ph does not divide H or pw does not divide W.
+    """
+
+    features: int
+    base_patch_size: Sequence[int] = (32, 32)
+    resize_method: str = "bilinear"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, patch_size: tuple[int, int]) -> Array:
+        ph, pw = patch_size
+        h, w, c = x.shape[1:]
+        if h % ph or w % pw:
+            raise ValueError(f"patch_size={(ph, pw)} does not divide the image size {h}x{w}; use a "
+                             f"patch size that divides both sides (or resize the images)")
+        base = _pair(self.base_patch_size, "model.base_patch_size")
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (*base, c, self.features),
+                            jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        kernel = transfer.pi_resize_patch_kernel(kernel, (ph, pw), self.resize_method)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jax.lax.conv_general_dilated(x, kernel, window_strides=(ph, pw), padding="VALID",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + jnp.reshape(bias, (1, 1, 1, -1))
+
+
+class _FlexiViT(vit._ViT):
+    """FlexiViT. Images (B, H, W, C) in [-1, 1] -> (logits (B, num_classes), aux dict).
+
+    Fields (besides the ViT's):
+      base_patch_size: (P0h, P0w), the stored patch-embedding kernel size (default 32x32).
+      posemb_grid: (G0h, G0w), the stored learned position-embedding grid (default 7x7).
+      resize_method: "bilinear" (default), "bicubic" or "nearest": the image resize B that
+        defines the kernel PI-resize, and the position-embedding interpolation.
+      patch_size (inherited): the default patch size when `__call__` gets none.
+
+    `__call__(x, *, train=False, patch_size=None)`: `patch_size` is a static Python int or
+    (ph, pw). Tokens N = (H/ph) * (W/pw); aux holds "encoded" (B, N(+1 cls), D), "pre_logits"
+    (B, D) and, with num_classes, "logits" (B, num_classes).
+
+    Source: Beyer et al., FlexiViT, CVPR 2023, Sec. 3.
+
+    Raises:
+      ValueError: the patch size does not divide H or W, or is not a static positive int/pair;
+        unknown posemb / pool_type / resize_method.
+    """
+
+    base_patch_size: Sequence[int] = (32, 32)
+    posemb_grid: Sequence[int] = (7, 7)
+    resize_method: str = "bilinear"
+
+    def _patch_size(self, patch_size: Any) -> tuple[int, int]:
+        if self.resize_method not in transfer.RESIZE_METHODS:
+            raise ValueError(f"model.resize_method={self.resize_method!r} is unknown; use one of "
+                             f"{list(transfer.RESIZE_METHODS)}")
+        if patch_size is None:
+            return _pair(self.patch_size, "model.patch_size")
+        return _pair(patch_size, "patch_size")
+
+    def embed_patches(self, x: Array, patch_size: Any = None, **kw: Any) -> Array:
+        """(B, H, W, C) -> (B, H/ph, W/pw, D): PI-resized base kernel, stride = patch size.
+
+        Source: FlexiViT Sec. 3.4. Raises ValueError if the patch size does not divide H, W.
+        """
+        return FlexiPatchEmbed(self.width, base_patch_size=self.base_patch_size,
+                               resize_method=self.resize_method,
+                               dtype=vit._dtype(self.dtype_mm), name="embedding")(
+            x, self._patch_size(patch_size))
+
+    def add_posemb(self, x: Array, grid: tuple[int, int], patch_size: Any = None,
+                   **kw: Any) -> Array:
+        """Tokens (B, N, D), N = gh * gw -> tokens + posemb resized to the (gh, gw) grid.
+
+        "learn": one param (1, G0h * G0w, D) (normal, stddev 0.02) for `posemb_grid`, resized
+        with `transfer.resize_posemb` (identity when the grids are equal). "sincos2d": computed
+        directly at (gh, gw). Source: FlexiViT Sec. 3 (posemb resized to the token grid).
+        """
+        n, d = x.shape[1:]
+        if self.posemb == "learn":
+            g0 = _pair(self.posemb_grid, "model.posemb_grid")
+            pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
+                            (1, g0[0] * g0[1], d), jnp.float32)
+            pe = transfer.resize_posemb(pe, g0, tuple(grid), method=self.resize_method)
+        elif self.posemb == "sincos2d":
+            pe = layers.posemb_sincos_2d(*grid, d)
+        else:
+            raise ValueError(f"model.posemb={self.posemb!r} is unknown; use one of "
+                             f"{vit.POSEMB_TYPES}")
+        return x + pe.astype(x.dtype)
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False,
+                 patch_size: int | Sequence[int] | None = None) -> tuple[Array, dict]:
+        return super().__call__(x, train=train, patch_size=self._patch_size(patch_size))
+
+
+def Model(num_classes: int | None = 1000, *, variant: str | None = None, **kw: Any) -> nn.Module:  # noqa: N802
+    """FlexiViT, e.g. `Model(1000, variant="B/16", base_patch_size=(32, 32))`.
+
+    The variant's patch ("/16") is the default run-time patch size; `base_patch_size` and
+    `posemb_grid` (ints or pairs) set the stored parameter shapes.
+    """
+    for key in ("base_patch_size", "posemb_grid"):
+        if key in kw:
+            kw[key] = _pair(kw[key], f"model.{key}")
+    return vit._make(_FlexiViT, num_classes, variant=variant, **kw)
