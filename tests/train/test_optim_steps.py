@@ -153,3 +153,18 @@ def test_eval_step_masks_padding():
     assert float(out["count"]) == 3
     assert 0 <= float(out["correct"]) <= 3
     assert optax is not None
+
+
+def test_distillation_loss_is_zero_when_student_equals_teacher():
+    m, params, batch = tiny()
+    kd = steps.make_loss_fn(m, 5, teacher=m, label_weight=0.0)
+    assert abs(float(kd(params, batch, jax.random.PRNGKey(0), params))) < 1e-6
+    other = jax.tree.map(lambda p: p + 0.05, params)
+    assert float(kd(other, batch, jax.random.PRNGKey(0), params)) > 1e-4
+    # mixing in the labels adds their cross-entropy
+    mixed = steps.make_loss_fn(m, 5, teacher=m, label_weight=0.5)
+    xent = steps.make_loss_fn(m, 5)(params, batch, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(mixed(params, batch, jax.random.PRNGKey(0), params),
+                               0.5 * xent, rtol=1e-5)
+    z = batch["image"][:, 0, 0]
+    np.testing.assert_allclose(steps.kl_divergence(z, z), 0.0, atol=1e-6)

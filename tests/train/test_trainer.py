@@ -386,3 +386,44 @@ def test_cli_bad_override_exits_2_and_keeps_files(data_dir, finished_copy, capsy
     assert err.startswith("vitx: error: unknown config key 'model.widht'")
     assert "did you mean 'width'" in err
     assert snapshot(finished_copy) == before
+
+
+def test_model_init_loads_frozen_backbone_then_resume_wins(run_a, data_dir, tmp_path):
+    """model_init (a vitx workdir) + head-only fine-tune: the frozen backbone stays bit-identical
+    to the pretrained params; a second start resumes from the workdir instead of re-loading."""
+    workdir = str(tmp_path / "ft")
+    ft = ["total_steps=3", "checkpoint.every_steps=0", f"model_init={run_a[0]}",
+          "model_load.dont_load=['head/.*']", "lr_mults=[('^head/', 1.0), ('.*', None)]"]
+    results, stdout = run_train(tiny_config(data_dir, *ft), workdir)
+    assert f"initialised params from {run_a[0]}" in stdout
+    assert results["step"] == 3  # a fine-tune starts at step 0
+    pre, _ = ckpt_lib.load_params(run_a[0])
+    new, _ = ckpt_lib.load_params(workdir)
+    flat_pre = dict(jax.tree_util.tree_leaves_with_path(pre))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(new):
+        if "head" in jax.tree_util.keystr(path):
+            continue
+        assert np.asarray(leaf).tobytes() == np.asarray(flat_pre[path]).tobytes(), path
+    assert not np.array_equal(new["head"]["kernel"], pre["head"]["kernel"])
+    _, stdout2 = run_train(tiny_config(data_dir, *ft[:-1], "total_steps=4", ft[-1]), workdir)
+    assert "resumed from" in stdout2 and "initialised params from" not in stdout2
+
+
+def test_flexivit_compiles_one_program_per_patch_size(data_dir, tmp_path):
+    from vitx.train.schedules import PatchSizeSchedule
+
+    workdir = str(tmp_path / "flexi")
+    config = tiny_config(data_dir, "total_steps=6", "checkpoint.every_steps=0")
+    config.model_name = "flexivit"
+    config.model.base_patch_size = (8, 8)
+    config.model.posemb_grid = (4, 4)
+    config.flexi = dict(patch_sizes=(2, 4, 8), schedule=dict(kind="uniform"))
+    config.evals.test.patch_sizes = (4, 8)
+    results, _ = run_train(config, workdir)
+    seen = set(PatchSizeSchedule.from_config(config.flexi, seed=0).sizes_for(range(6)).tolist())
+    assert [m["patch_size"] for m in read_metrics(workdir) if "patch_size" in m] == list(
+        PatchSizeSchedule.from_config(config.flexi, seed=0).sizes_for(range(6)))
+    assert results["compiled_programs"] == len(seen)
+    assert {"test/accuracy@4", "test/accuracy@8"} <= set(results)
+    with open(os.path.join(workdir, "test_accuracy_vs_patch_size.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
