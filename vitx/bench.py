@@ -59,12 +59,9 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20) -> list[dict[str,
     """Print and return one row per variant: name, steps/s, images/s, ratio to base."""
     mesh = shd.make_mesh(config.mesh)
     inp = config.input
-    probe = pipeline.build_dataset(name=inp.dataset, split=inp.split,
-                                   data_dir=config.get("data_dir"), pp=inp.pp,
-                                   global_batch_size=inp.batch_size, train=True,
-                                   shuffle_buffer=1, cache=False,
-                                   label_subset=inp.get("label_subset"))
-    image_shape = tuple(probe.element_spec["image"].shape[1:])
+    image_shape = pipeline.image_shape(name=inp.dataset, split=inp.split,
+                                       data_dir=config.get("data_dir"), pp=inp.pp,
+                                       label_subset=inp.get("label_subset"))
     config = copy.deepcopy(config)
     config.unlock()
     config.total_steps = config.get("total_steps") or 1000

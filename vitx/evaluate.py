@@ -114,12 +114,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str) -> d
         raise ValueError("config.evals is empty; add e.g. evals.test=dict(dataset=..., "
                          "split=..., pp=...)")
     first = next(iter(evals.values()))
-    probe = pipeline.build_dataset(name=first.dataset, split=first.split,
-                                   data_dir=config.get("data_dir"), pp=first.pp,
-                                   global_batch_size=first.get("batch_size",
-                                                               config.input.batch_size),
-                                   train=False)
-    image_shape = tuple(probe.element_spec["image"].shape[1:])
+    image_shape = pipeline.image_shape(name=first.dataset, split=first.split,
+                                       data_dir=config.get("data_dir"), pp=first.pp,
+                                       label_subset=first.get("label_subset"))
     kw = {"patch_size": config.flexi.patch_sizes[0]} if config.get("flexi") else {}
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                jnp.zeros((1, *image_shape)), **kw)["params"])

@@ -352,3 +352,15 @@ def global_batches(
             yield queue.popleft()
     while queue:
         yield queue.popleft()
+
+
+def image_shape(*, name: str, split: str, data_dir: str | None, pp: str,
+                label_subset: Sequence[int] | None = None) -> tuple[int, ...]:
+    """(H, W, C) of `image` after preprocessing `pp` (static, from the tf.data element spec).
+
+    Raises:
+      ValueError: as `build_dataset` (unknown dataset, bad pp).
+    """
+    ds = build_dataset(name=name, split=split, data_dir=data_dir, pp=pp, global_batch_size=1,
+                       train=False, cache=False, label_subset=label_subset)
+    return tuple(int(d) for d in ds.element_spec["image"].shape[1:])

@@ -114,7 +114,8 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _model_kw_for(config: ml_collections.ConfigDict, patch_size: int | None) -> dict:
+def _model_kw_for(patch_size: int | None) -> dict:
+    """Static model kwargs of one compiled program (FlexiViT's patch size, or none)."""
     return {} if patch_size is None else {"patch_size": patch_size}
 
 
@@ -241,12 +242,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         patch_schedule = PatchSizeSchedule.from_config(config.flexi, seed=config.get("seed", 0))
 
     model = build_model(config)
-    probe = pipeline.build_dataset(
-        name=inp.dataset, split=inp.split, data_dir=data_dir, pp=inp.pp,
-        global_batch_size=inp.batch_size, train=True, seed=config.get("seed", 0),
-        shuffle_buffer=1, cache=False, label_subset=inp.get("label_subset"))
-    image_shape = tuple(probe.element_spec["image"].shape[1:])
-    del probe
+    image_shape = pipeline.image_shape(name=inp.dataset, split=inp.split, data_dir=data_dir,
+                                       pp=inp.pp, label_subset=inp.get("label_subset"))
     if patch_schedule is None:
         config_lib.validate_image_size(config, image_shape[:2])
     else:
@@ -255,7 +252,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             validate_patch_sizes(patch_schedule.patch_sizes, image_shape[:2])
         except ValueError as e:
             raise config_lib.ConfigError(str(e)) from e
-    default_kw = _model_kw_for(config, patch_schedule(0) if patch_schedule else None)
+    default_kw = _model_kw_for(patch_schedule(0) if patch_schedule else None)
     if is_main:  # only once the config is known to be valid: a bad start writes nothing
         print("vitx: resolved config:\n" + config_lib.to_json(config), flush=True)
         ckpt_lib.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
@@ -303,7 +300,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         return steps.make_train_step(
             model, tx, num_classes=config.num_classes,
             accum_steps=config.get("grad_accum_steps", 1), frozen=frozen, schedule=schedule,
-            model_kw=_model_kw_for(config, ps), distill=distill)
+            model_kw=_model_kw_for(ps), distill=distill)
     train_steps = steps.StepCache(
         make_step, in_shardings=(state_shardings, batch_sharding, *teacher_shardings),
         out_shardings=(state_shardings, repl), donate_argnums=(0,))
