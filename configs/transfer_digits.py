@@ -20,14 +20,13 @@ Two recipes, each two commands (every step resumable; results in WORKDIR/results
   vitx train --config configs/transfer_digits.py:finetune59 --workdir workdirs/ft59 \
       --config.data_dir=data/tfds --config.model_init=workdirs/pre04
 
-Expected results (measured on a 2-core CPU; see README "Fine-tuning"): MEASURED below.
+Expected results (measured on a 2-core CPU, seed 0; test accuracy, train time):
+  pretrain16 97.8 % (339 s) -> finetune32 96.9 % (122 s); finetune32_reinit_posemb 86.7 %
+  (134 s); scratch32 75.0 % (138 s). pretrain04 99.4 % (387 s) -> finetune59 96.7 % (49 s);
+  digits 5-9 from scratch with the same 150 steps: 91.7 % (66 s).
 """
 
 import ml_collections
-
-MEASURED = {
-    # filled from the README table (test accuracy, wall time)
-}
 
 
 def _pp(size: int, train: bool, num_classes: int = 10) -> str:
@@ -78,7 +77,7 @@ def get_config(arg: str = "pretrain16") -> ml_collections.ConfigDict:
             c.total_steps = 600
         else:
             c.total_steps = 150
-            c.lr = 3e-4
+            c.lr = 1e-3
             c.schedule.warmup_steps = 15
             c.eval_every_steps = 50
             # Same class count (5): the head has the right shape, so drop it explicitly.

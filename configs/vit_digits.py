@@ -18,6 +18,7 @@ trained from scratch with AdamW, warmup + cosine, label smoothing 0.1 and random
 
 import ml_collections
 
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """`arg`: "quick" gives a ~1-minute smoke run."""
     c = ml_collections.ConfigDict()

@@ -427,3 +427,17 @@ def test_flexivit_compiles_one_program_per_patch_size(data_dir, tmp_path):
     assert {"test/accuracy@4", "test/accuracy@8"} <= set(results)
     with open(os.path.join(workdir, "test_accuracy_vs_patch_size.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flexivit_patch_sizes_not_dividing_image_are_named(data_dir, tmp_path):
+    config = tiny_config(data_dir)
+    config.model_name = "flexivit"
+    config.model.base_patch_size = (8, 8)
+    config.flexi = dict(patch_sizes=(2, 4, 8), schedule=dict(kind="uniform"))
+    config.evals.test.patch_sizes = (4, 5, 8)
+    with pytest.raises(config_lib.ConfigError, match=r"evals.test.patch_sizes: 5 do"):
+        trainer.train(config, str(tmp_path / "w"))
+    config.flexi.patch_sizes = (3, 4, 6)
+    with pytest.raises(config_lib.ConfigError, match=r"flexi.patch_sizes: 3, 6 do"):
+        trainer.train(config, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w" / "config.json")

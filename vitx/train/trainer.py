@@ -250,6 +250,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         from vitx.train.schedules import validate_patch_sizes
         try:
             validate_patch_sizes(patch_schedule.patch_sizes, image_shape[:2])
+            for name, ev in (config.get("evals") or {}).items():
+                if ev.get("patch_sizes"):
+                    validate_patch_sizes(ev.patch_sizes, image_shape[:2],
+                                         key=f"evals.{name}.patch_sizes")
         except ValueError as e:
             raise config_lib.ConfigError(str(e)) from e
     default_kw = _model_kw_for(patch_schedule(0) if patch_schedule else None)
