@@ -3,6 +3,7 @@
   vitx train --config configs/vit_digits.py[:arg] --workdir DIR [--config.key=value ...]
   vitx eval  --config configs/vit_digits.py --checkpoint DIR [--config.key=value ...]
   vitx bench --config configs/vit_digits.py [--steps N]
+  vitx export --checkpoint DIR --output params.npz [--layout vit_jax|big_vision|vitx]
 
 Config errors print one line, `vitx: error: <what> ; <fix>`, and exit with status 2.
 """
@@ -30,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure train-step throughput for a config")
     b.add_argument("--config", required=True)
     b.add_argument("--steps", type=int, default=20)
+    x = sub.add_parser("export", help="write a checkpoint's params as .npz (vit_jax/big_vision)")
+    x.add_argument("--checkpoint", required=True, help="a vitx workdir or checkpoints dir")
+    x.add_argument("--output", required=True, help="the .npz file to write")
+    x.add_argument("--layout", default="vit_jax", choices=("vit_jax", "big_vision", "vitx"))
     return p
 
 
@@ -40,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     rest, overrides = config_lib.split_argv(argv)
     args = _parser().parse_args(rest)
     try:
+        if args.command == "export":
+            from vitx.train import checkpoint, transfer
+            params, meta = checkpoint.load_params(args.checkpoint)
+            transfer.save_npz(args.output, params, layout=args.layout)
+            print(f"vitx: wrote step {meta.get('step')} params of {args.checkpoint} to "
+                  f"{args.output} ({args.layout} layout)")
+            return 0
         config = config_lib.load_config(args.config)
         config_lib.apply_overrides(config, overrides)
         if args.command == "train":
@@ -58,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from vitx import bench
             bench.run(config, steps=args.steps)
-    except (config_lib.ConfigError, FileNotFoundError) as e:
+    except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
         print(f"vitx: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -441,3 +441,17 @@ def test_flexivit_patch_sizes_not_dividing_image_are_named(data_dir, tmp_path):
     with pytest.raises(config_lib.ConfigError, match=r"flexi.patch_sizes: 3, 6 do"):
         trainer.train(config, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w" / "config.json")
+
+
+def test_export_vit_jax_npz_then_eval_gives_the_same_metrics(run_a, data_dir, tmp_path):
+    from vitx import evaluate
+
+    workdir, results, _ = run_a
+    out = str(tmp_path / "a.npz")
+    assert cli.main(["export", "--checkpoint", workdir, "--output", out]) == 0
+    with np.load(out) as z:
+        assert "Transformer/posembed_input/pos_embedding" in z  # the vit_jax layout
+    from_npz = evaluate.evaluate_checkpoint(tiny_config(data_dir), out)
+    from_ckpt = evaluate.evaluate_checkpoint(tiny_config(data_dir), workdir)
+    assert from_npz["test/accuracy"] == from_ckpt["test/accuracy"] == results["test/accuracy"]
+    np.testing.assert_allclose(from_npz["test/loss"], results["test/loss"], rtol=1e-6)
