@@ -39,8 +39,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from absl import logging as absl_logging
+
     from vitx import config as config_lib
 
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax/tfds chatter; errors still show
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = config_lib.split_argv(argv)
     args = _parser().parse_args(rest)

@@ -221,7 +221,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     Raises:
       ConfigError: bad config (message names the key and the fix).
     """
-    absl_logging.set_verbosity(absl_logging.WARNING)
+    if absl_logging.get_verbosity() > absl_logging.WARNING:  # never more verbose than that
+        absl_logging.set_verbosity(absl_logging.WARNING)
     mesh = shd.make_mesh(config.mesh)
     config_lib.validate(config, num_devices=mesh.size)
     os.makedirs(workdir, exist_ok=True)
