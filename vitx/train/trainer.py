@@ -133,8 +133,12 @@ def total_steps_of(config: ml_collections.ConfigDict, n_train: int) -> int:
 
 
 def init_state(config: ml_collections.ConfigDict, model: Any, tx: Any, image_shape: tuple,
-               mesh: Any, model_kw: dict) -> tuple[dict, Any]:
-    """Random init of the train state directly into its shardings. Returns (state, shardings)."""
+               mesh: Any, model_kw: dict, *, materialize: bool = True) -> tuple[dict, Any]:
+    """Random init of the train state directly into its shardings. Returns (state, shardings).
+
+    With `materialize=False` the state is abstract (ShapeDtypeStructs carrying the shardings:
+    the restore target), so resuming never allocates a throw-away random init.
+    """
     rules = list(config.get("sharding_rules") or [])
     rng = jax.random.PRNGKey(config.get("seed", 0))
     init_rng, train_rng = jax.random.split(rng)
@@ -147,6 +151,8 @@ def init_state(config: ml_collections.ConfigDict, model: Any, tx: Any, image_sha
 
     abstract = jax.eval_shape(make_state, init_rng)
     state_shardings = shd.tree_shardings(abstract, mesh, rules)
+    if not materialize:
+        return ckpt_lib.abstract_like(abstract, state_shardings), state_shardings
     state = jax.jit(make_state, out_shardings=state_shardings)(init_rng)
     return state, state_shardings
 
@@ -225,7 +231,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         absl_logging.set_verbosity(absl_logging.WARNING)
     mesh = shd.make_mesh(config.mesh)
     config_lib.validate(config, num_devices=mesh.size)
-    os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
 
     data_dir = config.get("data_dir")
@@ -258,7 +263,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         except ValueError as e:
             raise config_lib.ConfigError(str(e)) from e
     default_kw = _model_kw_for(patch_schedule(0) if patch_schedule else None)
-    if is_main:  # only once the config is known to be valid: a bad start writes nothing
+    os.makedirs(workdir, exist_ok=True)  # only now that the config is valid
+    if is_main:  # a bad start writes nothing
         print("vitx: resolved config:\n" + config_lib.to_json(config), flush=True)
         ckpt_lib.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
@@ -269,15 +275,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     tx = optim.make_optimizer(config, param_shapes)
     schedule = optim.make_schedule(config)
     frozen = optim.frozen_mask(param_shapes, config)
-    state, state_shardings = init_state(config, model, tx, image_shape, mesh, default_kw)
-
     ck_cfg = config.get("checkpoint") or {}
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                          keep=ck_cfg.get("keep", 3),
                                          async_save=ck_cfg.get("async_save", True))
+    resume = checkpointer.latest_step() is not None
+    state, state_shardings = init_state(config, model, tx, image_shape, mesh, default_kw,
+                                        materialize=not resume)
     start_step = 0
-    if checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore(ckpt_lib.abstract_like(state, state_shardings))
+    if resume:
+        state, meta = checkpointer.restore(state)
         start_step = int(meta["step"])
         print(f"vitx: resumed from {checkpointer.directory}/{start_step}", flush=True)
     elif config.get("model_init"):
