@@ -43,19 +43,8 @@ def _state(seed: int, mesh) -> tuple[dict, dict]:
     return jax.device_put(state, shardings), shardings
 
 
-def _assert_bitwise_equal(a, b) -> None:
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
-                            strict=True):
-        x, y = np.asarray(x), np.asarray(y)
-        name = jax.tree_util.keystr(path)
-        assert x.dtype == y.dtype, name
-        assert x.shape == y.shape, name
-        assert x.tobytes() == y.tobytes(), name
-
-
 @pytest.mark.parametrize("async_save", [True, False])
-def test_round_trip_keep_n_latest_and_load_params(tmp_path, async_save):
+def test_round_trip_keep_n_latest_and_load_params(tmp_path, async_save, bitwise_equal):
     mesh = _mesh()
     directory = str(tmp_path / "checkpoints")
     ck = ckpt_lib.Checkpointer(directory, keep=2, async_save=async_save)
@@ -81,7 +70,7 @@ def test_round_trip_keep_n_latest_and_load_params(tmp_path, async_save):
     for step in (None, 20):
         restored, meta = ck.restore(abstract, step=step)
         want_state, want_meta = saved[30 if step is None else step]
-        _assert_bitwise_equal(restored, want_state)
+        bitwise_equal(restored, want_state)
         assert meta == want_meta
         for leaf, sharding in zip(jax.tree.leaves(restored), jax.tree.leaves(shardings),
                                   strict=True):
@@ -92,10 +81,10 @@ def test_round_trip_keep_n_latest_and_load_params(tmp_path, async_save):
     # load_params: host params of the newest step, from a workdir or the checkpoints dir.
     for path in (str(tmp_path), directory):
         params, meta = ckpt_lib.load_params(path)
-        _assert_bitwise_equal(params, saved[30][0]["params"])
+        bitwise_equal(params, saved[30][0]["params"])
         assert meta["step"] == 30
     params, meta = ckpt_lib.load_params(str(tmp_path), step=20)
-    _assert_bitwise_equal(params, saved[20][0]["params"])
+    bitwise_equal(params, saved[20][0]["params"])
     assert meta["step"] == 20
 
 

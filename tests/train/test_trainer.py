@@ -125,16 +125,6 @@ def restore_state(workdir: str, step: int):
         return jax.device_get(ckptr.restore(path))
 
 
-def assert_trees_bitwise_equal(a, b) -> None:
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
-                            strict=True):
-        x, y = np.asarray(x), np.asarray(y)
-        name = jax.tree_util.keystr(path)
-        assert (x.dtype, x.shape) == (y.dtype, y.shape), name
-        assert x.tobytes() == y.tobytes(), f"{name} differs"
-
-
 def checkpoint_steps(workdir: str) -> list[int]:
     return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
                   if d.isdigit())
@@ -179,7 +169,7 @@ def run_b(data_dir, tmp_path_factory):
 # 1. A short run learns and writes its outputs.
 
 
-def test_short_run_learns_and_writes_outputs(run_a):
+def test_short_run_learns_and_writes_outputs(run_a, bitwise_equal):
     workdir, results, stdout = run_a
     losses = train_losses(workdir)
     assert [s for s, _ in losses] == list(range(1, 21))  # log_every_steps=1
@@ -210,7 +200,7 @@ def test_short_run_learns_and_writes_outputs(run_a):
     assert meta["config"]["model"]["width"] == 32
     state = restore_state(workdir, 20)
     assert int(state["step"]) == 20
-    assert_trees_bitwise_equal(params, state["params"])
+    bitwise_equal(params, state["params"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,7 +216,7 @@ def test_stopped_run_saves_and_says_how_to_resume(run_b):
     assert int(state["step"]) == STOP_STEP
 
 
-def test_resume_is_bitwise_identical_to_uninterrupted_run(run_a, run_b):
+def test_resume_is_bitwise_identical_to_uninterrupted_run(run_a, run_b, bitwise_equal):
     workdir_a, results_a, _ = run_a
     workdir_b, _, (results_b, stdout_b), _ = run_b
 
@@ -242,9 +232,9 @@ def test_resume_is_bitwise_identical_to_uninterrupted_run(run_a, run_b):
 
     params_a, _ = ckpt_lib.load_params(workdir_a)
     params_b, _ = ckpt_lib.load_params(workdir_b)
-    assert_trees_bitwise_equal(params_a, params_b)
+    bitwise_equal(params_a, params_b)
     # ...and the optimizer state, step and RNG too.
-    assert_trees_bitwise_equal(restore_state(workdir_a, 20), restore_state(workdir_b, 20))
+    bitwise_equal(restore_state(workdir_a, 20), restore_state(workdir_b, 20))
 
 
 def test_stop_on_a_periodic_checkpoint_step(data_dir, tmp_path, monkeypatch):
