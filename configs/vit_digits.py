@@ -6,8 +6,11 @@ Command (what `make train` runs; resumable, re-run the same line after an interr
       --config.data_dir=data/tfds
 
 Expected result (measured, 2-core CPU, seed 0): test/accuracy = 0.9889 (356 of the 360 test
-scans), test/loss = 0.142 after 1,000 steps; 304 s of training, about 6 minutes with start-up,
-data preparation and the three evaluations. The SVM baseline on this split: 98.9 %.
+scans), test/loss = 0.1421 after 1,000 steps. Time: ~7 steps/s, about 2.5 minutes of training;
+`make train` from a fresh clone took 4 minutes end to end (venv + install from a warm pip
+cache, data preparation, training, evaluations), interrupted with Ctrl-C at step 649 and
+resumed, ending at the identical accuracy and loss. Beside other jobs on the same cores: 304 s
+of training. The SVM baseline on this split: 98.9 %.
 A 60-step smoke run: `--config configs/vit_digits.py:quick` (~1 minute, ~50 %).
 
 Model: a ViT with patch 8 on 32x32 inputs (4x4 = 16 tokens + cls), 6 layers of width 128
