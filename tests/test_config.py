@@ -107,3 +107,16 @@ def test_cli_prints_one_line_error_and_exit_code(tmp_path):
     err = [line for line in out.stderr.splitlines() if line.startswith("vitx: error:")]
     assert len(err) == 1 and "'modle.variant'" in err[0] and "did you mean 'model'" in err[0]
     assert not (tmp_path / "w").exists()  # nothing written by a failed start
+
+
+def test_total_epochs_resolves_to_steps():
+    from vitx.train.trainer import total_steps_of
+
+    c = config_lib.load_config(CFG)
+    assert total_steps_of(c, 1437) == c.total_steps
+    c.total_steps = None
+    c.total_epochs = 2.0
+    assert total_steps_of(c, 1437) == 2 * 1437 // c.input.batch_size  # 22 steps of 128
+    c.total_epochs = None
+    with pytest.raises(ConfigError, match="set total_steps or total_epochs"):
+        total_steps_of(c, 1437)

@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train (or resume) a model from a config file")
     t.add_argument("--config", required=True, help="path/to/config.py[:arg]")
     t.add_argument("--workdir", required=True, help="checkpoints, metrics and config.json go here")
+    t.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host TPU pods / SLURM "
+                        "GPU clusters: coordinator and process ids are auto-detected)")
     e = sub.add_parser("eval", help="evaluate a checkpoint on the config's evals")
     e.add_argument("--config", required=True)
     e.add_argument("--checkpoint", required=True, help="a vitx workdir or .npz file")
@@ -58,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         config = config_lib.load_config(args.config)
         config_lib.apply_overrides(config, overrides)
         if args.command == "train":
+            if args.distributed:
+                import jax
+                jax.distributed.initialize()
             from vitx.train import trainer
             trainer.train(config, args.workdir)
         elif args.command == "eval":

@@ -2,8 +2,8 @@
 
 `config.evals.<name> = dict(dataset=..., split=..., pp=..., batch_size=..., every_steps=...,
 patch_sizes=None)`. Metrics are exact over all examples (the last batch is padded and masked).
-With `patch_sizes` (FlexiViT) the metrics are reported per size as `<name>/accuracy@<p>`, plus
-`<name>/accuracy` at the model's default size.
+With `patch_sizes` (FlexiViT) the metrics are reported per size as `<name>/accuracy@<p>` and
+`<name>/loss@<p>`, plus `<name>/accuracy` (the mean over the sizes) and `<name>/accuracy_best`.
 """
 
 from __future__ import annotations
