@@ -56,8 +56,9 @@ def get_config(arg: str = "flexi") -> ml_collections.ConfigDict:
     c = _base()
     pad = IMAGE // 8
     c.input.pp = (f"decode(channels=1)|resize({IMAGE + pad})|random_crop({IMAGE})"
-                  f"|value_range(-1,1)|onehot(10, label_smoothing=0.1)")
-    c.evals.test.pp = f"decode(channels=1)|resize({IMAGE})|value_range(-1,1)|onehot(10)"
+                  f"|value_range(-1,1)|onehot(10, label_smoothing=0.1)|keep('image', 'label')")
+    c.evals.test.pp = (f"decode(channels=1)|resize({IMAGE})|value_range(-1,1)|onehot(10)"
+                       f"|keep('image', 'label')")
     c.input.batch_size = 64
     c.total_steps = 1_200
     c.eval_every_steps = 0

@@ -33,8 +33,9 @@ def _pp(size: int, train: bool, num_classes: int = 10) -> str:
     if train:
         pad = size // 8  # one original 8x8 pixel of translation
         return (f"decode(channels=1)|resize({size + pad})|random_crop({size})|value_range(-1,1)"
-                f"|onehot({num_classes}, label_smoothing=0.1)")
-    return f"decode(channels=1)|resize({size})|value_range(-1,1)|onehot({num_classes})"
+                f"|onehot({num_classes}, label_smoothing=0.1)|keep('image', 'label')")
+    return (f"decode(channels=1)|resize({size})|value_range(-1,1)|onehot({num_classes})"
+            f"|keep('image', 'label')")
 
 
 def get_config(arg: str = "pretrain16") -> ml_collections.ConfigDict:

@@ -13,6 +13,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
@@ -56,11 +57,13 @@ class ClassificationEvaluator:
 
     def _run_one(self, params: Any, ps: int | None) -> dict[str, float]:
         fn = self.cache(ps)
-        totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+        sums = None  # summed on device; one transfer to the host per pass
         for batch in pipeline.global_batches(self.ds, self.batch_sharding):
-            out = jax.device_get(fn(params, batch))
-            for k in totals:
-                totals[k] += float(out[k])
+            out = fn(params, batch)
+            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        totals = {k: float(v) for k, v in jax.device_get(sums or {"count": 0.0}).items()}
+        totals.setdefault("correct", 0.0)
+        totals.setdefault("loss", 0.0)
         n = max(totals["count"], 1.0)
         return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n,
                 "count": totals["count"]}
@@ -94,8 +97,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str) -> d
       FileNotFoundError: no checkpoint at that path.
       ValueError: the checkpoint's params do not fit the config's model (names listed).
     """
-    import jax.numpy as jnp
-
     from vitx.train import checkpoint as ckpt_lib
     from vitx.train import transfer
     from vitx.train.trainer import build_model
