@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check vitx tests configs scripts
 
 bench: $(STAMP)
-	$(BIN)/vitx bench --config configs/vit_digits.py
+	$(BIN)/vitx bench --config $(CONFIG) --config.data_dir=$(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) workdirs
