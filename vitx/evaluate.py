@@ -57,13 +57,10 @@ class ClassificationEvaluator:
 
     def _run_one(self, params: Any, ps: int | None) -> dict[str, float]:
         fn = self.cache(ps)
-        sums = None  # summed on device; one transfer to the host per pass
+        sums = {"correct": 0.0, "loss": 0.0, "count": 0.0}  # summed on device, one transfer
         for batch in pipeline.global_batches(self.ds, self.batch_sharding):
-            out = fn(params, batch)
-            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        totals = {k: float(v) for k, v in jax.device_get(sums or {"count": 0.0}).items()}
-        totals.setdefault("correct", 0.0)
-        totals.setdefault("loss", 0.0)
+            sums = jax.tree.map(jnp.add, sums, fn(params, batch))
+        totals = {k: float(v) for k, v in jax.device_get(sums).items()}
         n = max(totals["count"], 1.0)
         return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n,
                 "count": totals["count"]}
@@ -121,8 +118,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str) -> d
     kw = {"patch_size": config.flexi.patch_sizes[0]} if config.get("flexi") else {}
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                jnp.zeros((1, *image_shape)), **kw)["params"])
-    params = transfer.merge_params(
-        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes), loaded)
+    template = jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), shapes)
+    params = transfer.merge_params(template, loaded)  # strict; the template costs no memory
     param_shardings = shd.tree_shardings(params, mesh, list(config.get("sharding_rules") or []))
     params = jax.device_put(params, param_shardings)
     metrics: dict[str, float] = {} if step is None else {"step": float(step)}

@@ -39,21 +39,15 @@ def softmax_xent(logits: Array, labels: Array) -> Array:
 
 def distill_loss(student_logits: Array, teacher_logits: Array, temperature: float = 1.0
                  ) -> Array:
-    """Per-example soft cross-entropy to the teacher's softened distribution, (B, K) -> (B,).
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)) per example, (B, K) -> (B,).
 
-    KL(teacher || student) up to the teacher's entropy (a constant), so its gradient is the KL's;
-    scaled by T^2 as in Hinton et al. 2015, Sec. 2. FlexiViT (Beyer et al. 2023, Sec. 3.5; seed
-    001 claims 4-6) distils a FlexiViT student from a fixed-patch-size teacher this way.
+    Zero iff the two distributions are equal. The T^2 factor keeps gradient magnitudes
+    comparable across temperatures (Hinton et al. 2015, Sec. 2). FlexiViT (Beyer et al. 2023,
+    Sec. 3.5; seed 001 claims 4-6) distils a FlexiViT student from a fixed-patch-size teacher.
     """
-    t = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature)
-    return softmax_xent(student_logits / temperature, t) * temperature**2
-
-
-def kl_divergence(student_logits: Array, teacher_logits: Array) -> Array:
-    """KL(softmax(teacher) || softmax(student)) per example, (B, K) -> (B,); 0 iff equal."""
-    lt = jax.nn.log_softmax(teacher_logits.astype(jnp.float32))
-    ls = jax.nn.log_softmax(student_logits.astype(jnp.float32))
-    return jnp.sum(jnp.exp(lt) * (lt - ls), axis=-1)
+    lt = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature)
+    ls = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature)
+    return jnp.sum(jnp.exp(lt) * (lt - ls), axis=-1) * temperature**2
 
 
 def make_loss_fn(model: nn.Module, num_classes: int, model_kw: dict | None = None, *,
@@ -76,9 +70,7 @@ def make_loss_fn(model: nn.Module, num_classes: int, model_kw: dict | None = Non
             return jnp.mean(xent)
         t_logits, _ = teacher.apply({"params": teacher_params}, batch["image"], train=False,
                                     **teacher_kw)
-        t_logits = jax.lax.stop_gradient(t_logits)
-        kd = distill_loss(logits, t_logits, temperature) - distill_loss(
-            t_logits, t_logits, temperature)  # minus the teacher entropy: exactly the KL
+        kd = distill_loss(logits, jax.lax.stop_gradient(t_logits), temperature)
         return jnp.mean((1.0 - label_weight) * kd + label_weight * xent)
     return loss_fn
 

@@ -198,7 +198,7 @@ def _load_teacher(config: ml_collections.ConfigDict, mesh: Any) -> tuple[dict | 
     params = jax.device_put(params, shardings)
     tkw = {}
     if tcfg.get("flexi"):
-        tkw = {"patch_size": dcfg.get("teacher_patch_size") or tcfg["flexi"]["patch_sizes"][0]}
+        tkw = {"patch_size": tcfg["flexi"]["patch_sizes"][0]}
     kw = dict(teacher=teacher, teacher_kw=tkw, label_weight=float(dcfg.get("label_weight", 0.0)),
               temperature=float(dcfg.get("temperature", 1.0)))
     print(f"vitx: distilling from {path} ({tcfg['model_name']} {tcfg['model'].get('variant')})",
@@ -332,6 +332,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         return metrics
 
     def save(step: int) -> None:
+        if checkpointer.latest_step() == step:  # e.g. a stop signal on a periodic-save step
+            return
         meta = {"step": step, "examples_seen": step * inp.batch_size,
                 "config": config.to_dict()}
         checkpointer.save(step, state, meta)
@@ -376,8 +378,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             if ckpt_every and step % ckpt_every == 0 and step != total_steps:
                 save(step)
             if stop.signum is not None:
-                if checkpointer.latest_step() != step:
-                    save(step)
+                save(step)
                 checkpointer.close()
                 writer.flush()
                 print(f"vitx: stopped at step {step}/{total_steps}; run the same command "
@@ -386,8 +387,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         final_metrics = run_evals(step)
         if is_main and any(ev.patch_sizes for ev in evaluators):
             _write_patch_size_plot(workdir, final_metrics, evaluators, image_shape[:2])
-        if checkpointer.latest_step() != step:
-            save(step)
+        save(step)
         checkpointer.close()
     elapsed = time.perf_counter() - t_start
     results = {"step": step, "total_steps": total_steps, "train_seconds": elapsed,
