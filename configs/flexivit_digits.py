@@ -34,26 +34,23 @@ Expected results (measured on a 2-core CPU, seed 0; test accuracy at patch 4/6/8
   fixed12   94.7 / 95.3 / 91.1 / 91.1 / 82.5 / 90.8 %  (300 steps at patch 12, 42 s)
 """
 
-import importlib.util
 import os
 
 import ml_collections
+
+from vitx.config import load_config, parse_arg
 
 PATCH_SIZES = (4, 6, 8, 12, 16, 24)
 IMAGE = 48
 
 
-def _base():
-    spec = importlib.util.spec_from_file_location(
-        "vit_digits", os.path.join(os.path.dirname(__file__), "vit_digits.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+MODES = ("flexi", "vit8", "vit8_eval", "distill", "fixed12")
 
 
-def get_config(arg: str = "flexi") -> ml_collections.ConfigDict:
-    """`arg`: flexi | vit8 | vit8_eval | distill | fixed12 (see the module docstring)."""
-    c = _base()
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg`: one of MODES (default flexi; see the module docstring)."""
+    arg = parse_arg(arg, positional="mode", choices=MODES, mode="flexi").mode
+    c = load_config(os.path.join(os.path.dirname(__file__), "vit_digits.py"))
     pad = IMAGE // 8
     c.input.pp = (f"decode(channels=1)|resize({IMAGE + pad})|random_crop({IMAGE})"
                   f"|value_range(-1,1)|onehot(10, label_smoothing=0.1)|keep('image', 'label')")
@@ -72,6 +69,7 @@ def get_config(arg: str = "flexi") -> ml_collections.ConfigDict:
         c.model_name = "flexivit"
         c.model = dict(c.model.to_dict(), **flexi_model)
         c.flexi = dict(patch_sizes=PATCH_SIZES, schedule=dict(kind="uniform"))
+        c.evals.test.type = "per_patch_size"
         c.evals.test.patch_sizes = PATCH_SIZES
     if arg == "vit8":
         c.model.variant = "mu/8"  # plain ViT, patch 8: a 6x6 token grid
@@ -89,7 +87,4 @@ def get_config(arg: str = "flexi") -> ml_collections.ConfigDict:
         c.total_steps = 300
         c.lr = 3e-4
         c.schedule.warmup_steps = 30
-    elif arg != "flexi":
-        raise ValueError(f"configs/flexivit_digits.py: unknown arg {arg!r}; use flexi, vit8, "
-                         f"vit8_eval, distill or fixed12")
     return c

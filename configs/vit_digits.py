@@ -11,7 +11,8 @@ scans), test/loss = 0.1421 after 1,000 steps. Time: ~7 steps/s, 151 s of trainin
 cache, data preparation, training, evaluations), interrupted with Ctrl-C at step 649 and
 resumed, ending at the identical accuracy and loss. Beside other jobs on the same cores: 304 s
 of training. The SVM baseline on this split: 98.9 %.
-A 60-step smoke run: `--config configs/vit_digits.py:quick` (~1 minute, ~65 %).
+A 60-step smoke run: `--config configs/vit_digits.py:quick` (~1 minute, ~65 %). Arguments:
+`configs/vit_digits.py:variant=S/8,steps=200,quick` (an unknown one is an error listing these).
 
 Model: a ViT with patch 8 on 32x32 inputs (4x4 = 16 tokens + cls), 6 layers of width 128
 (the "mu" depth with a narrower width; `model.width/depth/mlp_dim/num_heads` override the variant),
@@ -21,9 +22,13 @@ trained from scratch with AdamW, warmup + cosine, label smoothing 0.1 and random
 
 import ml_collections
 
+from vitx.config import parse_arg
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """`arg`: "quick" gives a ~1-minute smoke run."""
+    """`arg`: comma-separated `variant=mu/8`, `steps=1000`, `quick` (a ~1-minute smoke run),
+    e.g. `configs/vit_digits.py:variant=pico/8,steps=200`."""
+    arg = parse_arg(arg, variant="mu/8", steps=1_000, quick=False)
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data_dir = ml_collections.FieldReference(None, field_type=str)
@@ -34,19 +39,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
            "|onehot(10, label_smoothing=0.1)|keep('image', 'label')",
         batch_size=128, shuffle_buffer=2_000, cache=True,
         label_subset=ml_collections.FieldReference(None, field_type=list))
+    c.task = dict(type="classification", inputs="image", labels="label")
     c.evals = dict(test=dict(
-        dataset="digits", split="test",
+        type="classification", dataset="digits", split="test",
         pp="decode(channels=1)|resize(32)|value_range(-1,1)|onehot(10)|keep('image', 'label')",
         batch_size=120))
 
     c.model_name = "vit"
     c.num_classes = 10
-    c.model = dict(variant="mu/8", width=128, depth=6, mlp_dim=256, num_heads=4,
+    c.model = dict(variant=arg.variant, width=128, depth=6, mlp_dim=256, num_heads=4,
                    pool_type="tok", posemb="learn", dropout=0.0, scan=False,
                    remat_policy=ml_collections.FieldReference(None, field_type=str),
                    dtype_mm="float32")
 
-    c.total_steps = 1_000
+    c.total_steps = arg.steps
     c.total_epochs = ml_collections.FieldReference(None, field_type=float)
     c.optax_name = "adamw"
     c.optax = dict(b1=0.9, b2=0.999)
@@ -67,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every_steps = 250
     c.checkpoint = dict(every_steps=100, keep=2, async_save=True)
 
-    if arg == "quick":
+    if arg.quick:
         c.total_steps = 60
         c.schedule.warmup_steps = 10
         c.log_every_steps = 10

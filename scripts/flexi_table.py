@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vitx import plots
+from vitx.utils import plots
 
 
 def main() -> None:

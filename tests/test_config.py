@@ -56,11 +56,10 @@ def test_missing_file():
 
 
 def test_unknown_model_name():
-    c = config_lib.load_config(CFG)
-    c.model_name = "resnet9000"
-    with pytest.raises(ConfigError) as e:
-        config_lib.validate(c, num_devices=1)
-    assert "model_name='resnet9000' does not exist" in one_line(e)
+    from vitx import models
+
+    with pytest.raises(ValueError, match="model_name='resnet9000' does not exist"):
+        models.get_model_module("resnet9000")
 
 
 def test_batch_not_divisible_by_devices():
@@ -81,14 +80,41 @@ def test_grad_accum_must_divide_batch():
 
 
 def test_patch_size_not_dividing_image():
+    from vitx.models import vit
+
     c = config_lib.load_config(CFG)
     c.model.variant = "mu/5"
-    with pytest.raises(ConfigError) as e:
-        config_lib.validate_image_size(c, (32, 32))
+    with pytest.raises(ValueError) as e:
+        vit.check_input(c.model, (32, 32, 1))
     msg = one_line(e)
     assert "model.variant='mu/5'" in msg and "32x32" in msg and "[1, 2, 4, 8, 16, 32]" in msg
     c.model.variant = "mu/8"
-    config_lib.validate_image_size(c, (32, 32))
+    vit.check_input(c.model, (32, 32, 1))
+
+
+def test_config_arguments_parse_and_unknown_ones_are_errors():
+    c = config_lib.load_config(CFG + ":variant=pico/8,steps=200,quick")
+    assert c.model.variant == "pico/8" and c.total_steps == 60  # quick wins over steps
+    c = config_lib.load_config(CFG + ":steps=200")
+    assert c.total_steps == 200 and c.model.variant == "mu/8"
+    with pytest.raises(ConfigError) as e:
+        config_lib.load_config(CFG + ":stpes=3")
+    msg = one_line(e)
+    assert "'stpes=3' is unknown" in msg and "steps=1000" in msg and "quick=False" in msg
+    with pytest.raises(ConfigError, match="steps='x' is not a int"):
+        config_lib.load_config(CFG + ":steps=x")
+    ft = config_lib.load_config("configs/transfer_digits.py:finetune32")
+    assert ft.total_steps == 200
+    with pytest.raises(ConfigError, match="'finetune33' is unknown; use one of pretrain16"):
+        config_lib.load_config("configs/transfer_digits.py:finetune33")
+
+
+def test_parse_arg_types():
+    a = config_lib.parse_arg("lr=0.5,n=3,flag,name=x", lr=1.0, n=1, flag=False, name="y",
+                             sizes=(1, 2))
+    assert (a.lr, a.n, a.flag, a.name, a.sizes) == (0.5, 3, True, "x", (1, 2))
+    assert config_lib.parse_arg("flag=false", flag=True).flag is False
+    assert config_lib.parse_arg(None, n=1).n == 1
 
 
 def test_split_argv_forms():

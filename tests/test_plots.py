@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from vitx import plots
+from vitx.utils import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

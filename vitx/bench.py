@@ -17,32 +17,30 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vitx.data import pipeline
-from vitx.train import optim, steps
 from vitx.train import sharding as shd
-from vitx.train.trainer import build_model, init_state
+from vitx.train import steps, trainer
 
 
-def _time_variant(config: ml_collections.ConfigDict, image_shape: tuple, mesh: Any,
-                  num_steps: int, patch_size: int | None) -> tuple[float, float]:
-    model = build_model(config)
-    kw = {} if patch_size is None else {"patch_size": patch_size}
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                               jnp.zeros((1, *image_shape)), **kw)["params"])
-    tx = optim.make_optimizer(config, shapes)
-    state, state_shardings = init_state(config, model, tx, image_shape, mesh, kw)
-    bs = shd.batch_sharding(mesh)
+def _time_variant(config: ml_collections.ConfigDict, num_steps: int,
+                  plan: tuple = ()) -> tuple[float, float]:
+    """(steps/s, compile seconds) of the train step of `config` on a fixed synthetic batch with
+    the data's example spec, run with the static per-step choices `plan`."""
+    s = trainer.setup(copy.deepcopy(config))
+    state, state_shardings = s.init_state()
+    bs = shd.batch_sharding(s.mesh)
     n = config.input.batch_size
     rng = np.random.RandomState(0)
-    batch = {"image": jax.device_put(rng.uniform(-1, 1, (n, *image_shape)).astype(np.float32), bs),
-             "label": jax.device_put((np.arange(n) % config.num_classes).astype(np.int32), bs)}
-    fn = jax.jit(steps.make_train_step(model, tx, num_classes=config.num_classes,
+    batch = {}
+    for key, (shape, dtype) in s.spec.items():
+        x = (rng.uniform(-1, 1, (n, *shape)) if np.issubdtype(dtype, np.floating)
+             else rng.randint(0, config.num_classes, (n, *shape)))
+        batch[key] = jax.device_put(x.astype(dtype), bs)
+    fn = jax.jit(steps.make_train_step(s.model, s.tx, s.task,
                                        accum_steps=config.get("grad_accum_steps", 1),
-                                       model_kw=kw),
+                                       model_kw=dict(plan)),
                  in_shardings=(state_shardings, bs), donate_argnums=(0,))
     t0 = time.perf_counter()
     state, m = fn(state, batch)
@@ -57,32 +55,27 @@ def _time_variant(config: ml_collections.ConfigDict, image_shape: tuple, mesh: A
 
 def run(config: ml_collections.ConfigDict, *, steps: int = 20) -> list[dict[str, Any]]:
     """Print and return one row per variant: name, steps/s, images/s, ratio to base."""
-    mesh = shd.make_mesh(config.mesh)
-    inp = config.input
-    image_shape = pipeline.image_shape(name=inp.dataset, split=inp.split,
-                                       data_dir=config.get("data_dir"), pp=inp.pp,
-                                       label_subset=inp.get("label_subset"))
     config = copy.deepcopy(config)
     config.unlock()
     config.total_steps = config.get("total_steps") or 1000
-    variants: list[tuple[str, ml_collections.ConfigDict, int | None]] = []
+    variants: list[tuple[str, ml_collections.ConfigDict, tuple]] = []
     if config.get("flexi"):
         for p in config.flexi.patch_sizes:
-            variants.append((f"patch={p}", config, p))
+            variants.append((f"patch={p}", config, (("patch_size", p),)))
     else:
-        variants.append(("base", config, None))
+        variants.append(("base", config, ()))
         for name, updates in (("bf16", {"dtype_mm": "bfloat16"}),
                               ("scan+remat", {"scan": True, "remat_policy": "nothing_saveable"})):
             c = copy.deepcopy(config)
             c.model.update(updates)
-            variants.append((name, c, None))
+            variants.append((name, c, ()))
     rows = []
-    print(f"vitx bench: batch {inp.batch_size}, image {image_shape}, {steps} timed steps, "
+    print(f"vitx bench: batch {config.input.batch_size}, {steps} timed steps, "
           f"{jax.device_count()} x {jax.devices()[0].platform}")
-    for name, c, p in variants:
-        sps, compile_s = _time_variant(c, image_shape, mesh, steps, p)
+    for name, c, plan in variants:
+        sps, compile_s = _time_variant(c, steps, plan)
         rows.append({"variant": name, "steps_per_sec": sps,
-                     "img_per_sec": sps * inp.batch_size, "compile_s": compile_s})
+                     "img_per_sec": sps * config.input.batch_size, "compile_s": compile_s})
     base = rows[0]["steps_per_sec"]
     for r in rows:
         r["ratio"] = r["steps_per_sec"] / base

@@ -1,6 +1,6 @@
-"""`vitx train | eval | bench`: the command line.
+"""`vitx train | eval | bench | export`: the command line (the top of the import graph).
 
-  vitx train --config configs/vit_digits.py[:arg] --workdir DIR [--config.key=value ...]
+  vitx train --config configs/vit_digits.py[:key=value,flag] --workdir DIR [--config.key=value]
   vitx eval  --config configs/vit_digits.py --checkpoint DIR [--config.key=value ...]
   vitx bench --config configs/vit_digits.py [--steps N]
   vitx export --checkpoint DIR --output params.npz [--layout vit_jax|big_vision|vitx]
@@ -29,13 +29,15 @@ def _parser() -> argparse.ArgumentParser:
                         "GPU clusters: coordinator and process ids are auto-detected)")
     e = sub.add_parser("eval", help="evaluate a checkpoint on the config's evals")
     e.add_argument("--config", required=True)
-    e.add_argument("--checkpoint", required=True, help="a vitx workdir or .npz file")
+    e.add_argument("--checkpoint", required=True,
+                   help="WORKDIR, WORKDIR/checkpoints/STEP or file.npz, optionally :subtree")
     e.add_argument("--output", default=None, help="metrics JSON (default: next to checkpoint)")
     b = sub.add_parser("bench", help="measure train-step throughput for a config")
     b.add_argument("--config", required=True)
     b.add_argument("--steps", type=int, default=20)
     x = sub.add_parser("export", help="write a checkpoint's params as .npz (vit_jax/big_vision)")
-    x.add_argument("--checkpoint", required=True, help="a vitx workdir or checkpoints dir")
+    x.add_argument("--checkpoint", required=True,
+                   help="WORKDIR, WORKDIR/checkpoints/STEP or file.npz, optionally :subtree")
     x.add_argument("--output", required=True, help="the .npz file to write")
     x.add_argument("--layout", default="vit_jax", choices=("vit_jax", "big_vision", "vitx"))
     return p
@@ -52,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(rest)
     try:
         if args.command == "export":
-            from vitx.train import checkpoint, transfer
-            params, meta = checkpoint.load_params(args.checkpoint)
-            transfer.save_npz(args.output, params, layout=args.layout)
+            from vitx.utils import checkpoints, npz
+            params, meta = checkpoints.load_params(args.checkpoint)
+            npz.save_npz(args.output, params, layout=args.layout)
             print(f"vitx: wrote step {meta.get('step')} params of {args.checkpoint} to "
                   f"{args.output} ({args.layout} layout)")
             return 0
@@ -64,16 +66,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.distributed:
                 import jax
                 jax.distributed.initialize()
-            from vitx.train import trainer
-            trainer.train(config, args.workdir)
+            from vitx import experiment
+            experiment.train(config, args.workdir)
         elif args.command == "eval":
-            from vitx import evaluate
-            metrics = evaluate.evaluate_checkpoint(config, args.checkpoint)
+            from vitx import experiment
+            from vitx.utils import checkpoints, write_json_atomic
+            metrics = experiment.evaluate(config, args.checkpoint)
+            where = checkpoints.resolve(args.checkpoint)
             out = args.output or os.path.join(
-                args.checkpoint if os.path.isdir(args.checkpoint)
-                else os.path.dirname(args.checkpoint) or ".", "eval_metrics.json")
-            with open(out, "w") as f:
-                json.dump(metrics, f, indent=2, sort_keys=True)
+                where.workdir or os.path.dirname(where.path), "eval_metrics.json")
+            write_json_atomic(out, metrics)
             print(json.dumps(metrics, sort_keys=True))
             print(f"vitx: metrics written to {out}")
         else:

@@ -25,8 +25,11 @@ class ConfigError(ValueError):
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Load `path/to/config.py[:arg]` by calling its `get_config(arg)`.
 
+    `arg` is the raw string after the first ':' (e.g. "variant=S/16,steps=200,quick"); config
+    files parse it with `parse_arg`.
+
     Raises:
-      ConfigError: the file does not exist or has no `get_config`.
+      ConfigError: the file does not exist, has no `get_config`, or rejects `arg`.
     """
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
@@ -40,7 +43,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ConfigError(f"--config {path!r} has no get_config(arg) function; define one that "
                           f"returns an ml_collections.ConfigDict")
-    config = module.get_config(arg or None) if arg else module.get_config()
+    try:
+        config = module.get_config(arg or None) if arg else module.get_config()
+    except ConfigError as e:
+        raise ConfigError(f"--config {spec!r}: {e}") from None
     if not isinstance(config, ml_collections.ConfigDict):
         config = ml_collections.ConfigDict(config)
     return config
@@ -65,6 +71,60 @@ def _unknown_key(key: str, parent: Any, part: str, source: str) -> ConfigError:
     hint = f"did you mean {close[0]!r}? " if close else ""
     return ConfigError(f"unknown config key {key!r} ({source}); {hint}known keys here: "
                        f"{', '.join(known)}")
+
+
+def _convert(key: str, text: str, default: Any) -> Any:
+    """`text` as the type of `default` (bool, int, float, str; else a Python literal)."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, str):
+            return text
+    except ValueError:
+        raise ConfigError(f"config argument {key}={text!r} is not a {type(default).__name__}; "
+                          f"pass a value like {key}={default!r}") from None
+    return _parse_value(text)
+
+
+def parse_arg(arg: str | None, *, positional: str | None = None, choices: Sequence[str] = (),
+              **spec: Any) -> ml_collections.ConfigDict:
+    """Parse a config file's argument `key=value,flag,...` into a ConfigDict (big_vision's
+    `bvcc.parse_arg`).
+
+    `spec` gives every known argument with its default; a value is converted to its default's
+    type (bool, int, float, str; other defaults take a Python literal). A bare `flag` sets a bool
+    argument to True. With `positional`, a bare word that is not a flag sets that argument (e.g.
+    `transfer_digits.py:finetune32` -> mode="finetune32"), checked against `choices` if given.
+    Example: `parse_arg("variant=S/16,steps=200,quick", variant="mu/8", steps=1000,
+    quick=False)` -> {variant: "S/16", steps: 200, quick: True}.
+
+    Raises:
+      ConfigError: an unknown argument (the message lists the known ones), a value of the wrong
+        type, or a positional value outside `choices`.
+    """
+    out = ml_collections.ConfigDict(dict(spec))
+    known = ", ".join(f"{k}={v!r}" for k, v in spec.items())
+    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+        key, eq, text = token.partition("=")
+        if eq and key in spec:
+            out[key] = _convert(key, text, spec[key])
+        elif not eq and isinstance(spec.get(key), bool):
+            out[key] = True
+        elif not eq and positional is not None:
+            if choices and token not in choices:
+                raise ConfigError(f"config argument {token!r} is unknown; use one of "
+                                  f"{', '.join(choices)} (or key=value with keys: {known})")
+            out[positional] = token
+        else:
+            raise ConfigError(f"config argument {token!r} is unknown; known arguments (with "
+                              f"defaults): {known}")
+    return out
 
 
 def set_value(config: ml_collections.ConfigDict, key: str, value: Any,
@@ -144,17 +204,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     """Check what can be checked before data and model are built.
 
     Raises:
-      ConfigError: a missing key, an unknown model name, or a batch size not divisible by the
-        number of devices.
+      ConfigError: a missing key, or a batch size not divisible by the number of devices.
     """
-    from vitx import models  # local: keep `vitx.config` importable without flax
-
     for key in REQUIRED_KEYS:
         if key not in config:
             raise ConfigError(f"config key {key!r} is missing; add it to the config file")
-    if config.model_name not in models.MODELS:
-        raise ConfigError(f"model_name={config.model_name!r} does not exist; use one of "
-                          f"{sorted(models.MODELS)}")
     bs = config.input.batch_size
     if bs <= 0 or bs % num_devices:
         raise ConfigError(f"input.batch_size={bs} is not divisible by the {num_devices} devices; "
@@ -168,28 +222,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     if accum < 1 or bs % (accum * num_devices):
         raise ConfigError(f"grad_accum_steps={accum}: input.batch_size={bs} must be divisible by "
                           f"grad_accum_steps * devices = {accum * num_devices}")
-
-
-def validate_image_size(config: ml_collections.ConfigDict, image_hw: tuple[int, int]) -> None:
-    """Check that the model's patch size divides the image size that the input pipeline makes.
-
-    Raises:
-      ConfigError: naming `model.variant`/`model.patch_size` and the sizes that would work.
-    """
-    from vitx.models.vit import decode_variant
-
-    model_cfg = config.get("model") or {}
-    ps = model_cfg.get("patch_size") or decode_variant(model_cfg.get("variant")).get("patch_size")
-    if ps is None:
-        return
-    ph, pw = (ps, ps) if isinstance(ps, int) else tuple(ps)
-    h, w = image_hw
-    if h % ph or w % pw:
-        divisors = [p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]
-        raise ConfigError(
-            f"model patch size {ph}x{pw} (model.variant={model_cfg.get('variant')!r}, "
-            f"model.patch_size={model_cfg.get('patch_size')!r}) does not divide the image size "
-            f"{h}x{w} made by input.pp; use a patch size in {divisors} or change the resize")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

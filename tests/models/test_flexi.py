@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vitx.models import build_model, flexi, vit
-from vitx.train import transfer
+from vitx.models import build_model, flexi, resize, vit
 
 K = 5  # classes
 WIDTH = 32  # "pico"
@@ -61,9 +60,9 @@ def test_equals_plain_vit_with_baked_params(images, p):
     plain = vit.Model(K, variant=f"pico/{p}", **TINY, head_zeroinit=False)
     params = random_params(flex, images)
     baked = jax.tree.map(lambda a: a, params)
-    baked["embedding"]["kernel"] = transfer.pi_resize_patch_kernel(
+    baked["embedding"]["kernel"] = resize.pi_resize_patch_kernel(
         params["embedding"]["kernel"], p)
-    baked["pos_embedding"] = transfer.resize_posemb(params["pos_embedding"], 2, 16 // p)
+    baked["pos_embedding"] = resize.resize_posemb(params["pos_embedding"], 2, 16 // p)
     plain_shapes = jax.eval_shape(lambda: plain.init(jax.random.PRNGKey(0), images))["params"]
     assert names_and_shapes(baked) == names_and_shapes(plain_shapes)
 
@@ -110,7 +109,7 @@ def test_downsampled_embedding_is_dense_on_patches_and_trains_base_kernel(p):
     apply = jax.jit(embed.apply, static_argnums=2)
     y = apply({"params": params}, x, (p, p))
     g = 8 // p
-    k = transfer.pi_resize_patch_kernel(params["kernel"], p)
+    k = resize.pi_resize_patch_kernel(params["kernel"], p)
     patches = x.reshape(2, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, g, g, -1)
     dense = patches @ k.reshape(p * p * 3, WIDTH) + params["bias"]
     assert y.shape == (2, g, g, WIDTH)

@@ -15,6 +15,7 @@ import pytest
 
 from vitx.train import checkpoint as ckpt_lib
 from vitx.train import sharding as shd
+from vitx.utils import checkpoints, write_json_atomic
 
 
 def _mesh():
@@ -78,14 +79,26 @@ def test_round_trip_keep_n_latest_and_load_params(tmp_path, async_save, bitwise_
             assert leaf.sharding == sharding
     ck.close()
 
-    # load_params: host params of the newest step, from a workdir or the checkpoints dir.
-    for path in (str(tmp_path), directory):
-        params, meta = ckpt_lib.load_params(path)
-        bitwise_equal(params, saved[30][0]["params"])
-        assert meta["step"] == 30
-    params, meta = ckpt_lib.load_params(str(tmp_path), step=20)
-    bitwise_equal(params, saved[20][0]["params"])
-    assert meta["step"] == 20
+    # The resolver: host params of the newest step from a workdir or its checkpoints dir, of
+    # a given step from its step dir, relative or absolute, and a subtree of them.
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        for path in (str(tmp_path), directory, ".", "checkpoints", "./checkpoints/"):
+            params, meta = checkpoints.load_params(path)
+            bitwise_equal(params, saved[30][0]["params"])
+            assert meta["step"] == 30
+        for path in (os.path.join(directory, "20"), "checkpoints/20"):
+            params, meta = checkpoints.load_params(path)
+            bitwise_equal(params, saved[20][0]["params"])
+            assert meta["step"] == 20
+        params, _ = checkpoints.load_params("checkpoints/20:dense")
+        bitwise_equal(params, saved[20][0]["params"]["dense"])
+        with pytest.raises(ValueError, match=r"subtree 'nope' not found.*\['dense', 'emb'\]"):
+            checkpoints.load_params(".:nope")
+        assert checkpoints.resolve(".").workdir == str(tmp_path)
+    finally:
+        os.chdir(cwd)
 
 
 def test_restore_of_empty_dir_raises(tmp_path):
@@ -96,29 +109,31 @@ def test_restore_of_empty_dir_raises(tmp_path):
     ck.close()
 
 
-def test_find_checkpoint_dir(tmp_path):
+def test_resolver_errors_name_the_spec(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="holds no vitx checkpoint") as e:
-        ckpt_lib.find_checkpoint_dir(str(empty))
+        checkpoints.resolve(str(empty))
     assert str(empty) in str(e.value)
     # Non-step entries (e.g. orbax's temporary dirs of an unfinished save) do not count.
     (empty / "checkpoints").mkdir()
     (empty / "checkpoints" / "7.orbax-checkpoint-tmp-123").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no vitx checkpoint"):
-        ckpt_lib.find_checkpoint_dir(str(empty))
-    with pytest.raises(FileNotFoundError):
-        ckpt_lib.load_params(str(empty))
+        checkpoints.load_params(str(empty))
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        checkpoints.resolve(str(tmp_path / "nope.npz"))
 
-    (empty / "checkpoints" / "5").mkdir()
-    assert ckpt_lib.find_checkpoint_dir(str(empty)) == str(empty / "checkpoints")
-    assert ckpt_lib.find_checkpoint_dir(str(empty / "checkpoints")) == str(empty / "checkpoints")
+
+def test_home_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "p.npz").write_bytes(b"")
+    assert checkpoints.resolve("~/p.npz").path == str(tmp_path / "p.npz")
 
 
 def test_write_json_atomic(tmp_path):
     path = str(tmp_path / "r.json")
-    ckpt_lib.write_json_atomic(path, {"b": 1, "a": [1.5]})
-    ckpt_lib.write_json_atomic(path, {"c": 2})
+    write_json_atomic(path, {"b": 1, "a": [1.5]})
+    write_json_atomic(path, {"c": 2})
     with open(path) as f:
         assert json.load(f) == {"c": 2}
     assert os.listdir(tmp_path) == ["r.json"]
@@ -144,7 +159,7 @@ def test_load_params_of_checkpoint_saved_on_more_devices(tmp_path):
                JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-c", _SAVE_SHARDED, str(tmp_path / "checkpoints")],
                    env=env, check=True, timeout=120, capture_output=True)
-    params, meta = ckpt_lib.load_params(str(tmp_path))
+    params, meta = checkpoints.load_params(str(tmp_path))
     assert meta["step"] == 3
     assert isinstance(params["w"], np.ndarray)  # "host numpy tree", per the docstring
     np.testing.assert_array_equal(params["w"], np.arange(4.0 * n).reshape(2 * n, 2))

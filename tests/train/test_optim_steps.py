@@ -4,12 +4,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
+from vitx import tasks
 from vitx.config import ConfigError
 from vitx.models import vit
-from vitx.train import optim, steps
+from vitx.train import distill, optim, steps
+
+TASK = tasks.get_task(None, 5)
 
 
 def cfg(**kw):
@@ -58,7 +60,7 @@ def test_optimizers_reduce_loss(name, kw):
     c = cfg(optax_name=name, optax=kw, lr=3e-3 if name != "sgd" else 0.1,
             schedule=dict(decay_type="constant", warmup_steps=0))
     tx = optim.make_optimizer(c, params)
-    step = jax.jit(steps.make_train_step(m, tx, num_classes=5))
+    step = jax.jit(steps.make_train_step(m, tx, TASK))
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
              "rng": jax.random.PRNGKey(0)}
     losses = []
@@ -82,7 +84,7 @@ def test_weight_decay_only_on_kernels():
 
 def test_grad_accumulation_equals_one_large_batch():
     m, params, batch = tiny()
-    loss_fn = steps.make_loss_fn(m, 5)
+    loss_fn = steps.make_loss_fn(m, TASK)
     rng = jax.random.PRNGKey(3)
     l1, g1 = steps.accumulate_gradients(loss_fn, params, batch, rng, 1)
     l4, g4 = jax.jit(lambda p, b: steps.accumulate_gradients(loss_fn, p, b, rng, 4))(
@@ -102,7 +104,7 @@ def test_frozen_params_bit_identical_and_lr_mults():
     tx = optim.make_optimizer(c, params)
     frozen = optim.frozen_mask(params, c)
     assert frozen["head"]["kernel"] is False and frozen["pos_embedding"] is True
-    step = jax.jit(steps.make_train_step(m, tx, num_classes=5, frozen=frozen))
+    step = jax.jit(steps.make_train_step(m, tx, TASK, frozen=frozen))
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
              "rng": jax.random.PRNGKey(0)}
     for _ in range(3):
@@ -146,25 +148,21 @@ def test_step_cache_compiles_once_per_key():
     assert calls == [1, 2, 3] and cache.num_compiled == 3
 
 
-def test_eval_step_masks_padding():
-    m, params, batch = tiny()
-    ev = steps.make_eval_step(m, num_classes=5)
-    out = ev(params, {**batch, "_mask": jnp.array([1, 1, 1, 0, 0, 0, 0, 0], jnp.float32)})
-    assert float(out["count"]) == 3
-    assert 0 <= float(out["correct"]) <= 3
-    assert optax is not None
+def _distill_loss_fn(m, label_weight):
+    plugin = distill.DistillPlugin(m, {}, None, None, TASK, label_weight, 1.0)
+    return steps.make_loss_fn(m, TASK, extra_loss=plugin.extra_loss)
 
 
 def test_distillation_loss_is_zero_when_student_equals_teacher():
     m, params, batch = tiny()
-    kd = steps.make_loss_fn(m, 5, teacher=m, label_weight=0.0)
+    kd = _distill_loss_fn(m, 0.0)
     assert abs(float(kd(params, batch, jax.random.PRNGKey(0), params))) < 1e-6
     other = jax.tree.map(lambda p: p + 0.05, params)
     assert float(kd(other, batch, jax.random.PRNGKey(0), params)) > 1e-4
     # mixing in the labels adds their cross-entropy
-    mixed = steps.make_loss_fn(m, 5, teacher=m, label_weight=0.5)
-    xent = steps.make_loss_fn(m, 5)(params, batch, jax.random.PRNGKey(0))
+    mixed = _distill_loss_fn(m, 0.5)
+    xent = steps.make_loss_fn(m, TASK)(params, batch, jax.random.PRNGKey(0))
     np.testing.assert_allclose(mixed(params, batch, jax.random.PRNGKey(0), params),
                                0.5 * xent, rtol=1e-5)
     z = batch["image"][:, 0, 0]
-    np.testing.assert_allclose(steps.distill_loss(z, z, temperature=2.0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(distill.distill_loss(z, z, temperature=2.0), 0.0, atol=1e-6)

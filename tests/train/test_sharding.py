@@ -16,7 +16,8 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, ml_collections, numpy as np
     from jax.sharding import PartitionSpec as P
     from vitx.models import vit
-    from vitx.train import optim, sharding as shd, steps, trainer
+    from vitx import tasks
+    from vitx.train import optim, sharding as shd, state as state_lib, steps
 
     assert jax.device_count() == 8, jax.devices()
     mesh = shd.make_mesh([("data", 4), ("fsdp", 2), ("model", 1)])
@@ -29,7 +30,9 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))["params"])
     tx = optim.make_optimizer(c, shapes)
-    state, shardings = trainer.init_state(c, model, tx, (8, 8, 1), mesh, {})
+    task = tasks.get_task(None, 10)
+    spec = {"image": ((8, 8, 1), np.float32), "label": ((), np.int32)}
+    state, shardings = state_lib.init_state(c, model, task, tx, spec, mesh, {})
     p = state["params"]
     mlp0 = p["Transformer"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"]
     # fsdp: the largest dim divisible by 2 is sharded over "fsdp"; indivisible leaves replicated.
@@ -48,7 +51,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
              "label": jax.make_array_from_process_local_data(bs, y)}
     assert batch["image"].sharding.spec == P(("data", "fsdp"))
     assert batch["image"].addressable_shards[0].data.shape == (2, 8, 8, 1)
-    step = jax.jit(steps.make_train_step(model, tx, num_classes=10, accum_steps=2),  # noqa: E501
+    step = jax.jit(steps.make_train_step(model, tx, task, accum_steps=2),
                    in_shardings=(shardings, bs), out_shardings=(shardings, shd.replicated(mesh)),
                    donate_argnums=(0,))
     losses = []

@@ -1,4 +1,4 @@
-"""End-to-end tests of the train loop (`vitx.train.trainer.train` and `vitx train`).
+"""End-to-end tests of the train loop (`vitx.experiment.train` and `vitx train`).
 
 A tiny ViT (width 32, depth 2, 16x16 inputs) trains for 20 steps on the digits scans. Runs are
 shared through module-scoped fixtures, and a persistent XLA compilation cache (in a temporary
@@ -26,10 +26,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from vitx import cli
+from vitx import cli, experiment
 from vitx import config as config_lib
-from vitx.train import checkpoint as ckpt_lib
 from vitx.train import trainer
+from vitx.utils import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_FILE = os.path.join(REPO, "configs", "vit_digits.py")
@@ -84,7 +84,7 @@ def run_train(config, workdir: str) -> tuple[dict, str]:
     """`trainer.train` with its stdout captured: (results, stdout)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        results = trainer.train(config, workdir)
+        results = experiment.train(config, workdir)
     return results, out.getvalue()
 
 
@@ -195,7 +195,7 @@ def test_short_run_learns_and_writes_outputs(run_a, bitwise_equal):
 
     # Periodic saves at 5, 10, 15 and the final one at 20; keep=2.
     assert checkpoint_steps(workdir) == [15, 20]
-    params, meta = ckpt_lib.load_params(workdir)
+    params, meta = checkpoints.load_params(workdir)
     assert meta["step"] == 20 and meta["examples_seen"] == 20 * 32
     assert meta["config"]["model"]["width"] == 32
     state = restore_state(workdir, 20)
@@ -230,8 +230,8 @@ def test_resume_is_bitwise_identical_to_uninterrupted_run(run_a, run_b, bitwise_
     assert results_b["test/accuracy"] == results_a["test/accuracy"]
     assert results_b["test/loss"] == results_a["test/loss"]
 
-    params_a, _ = ckpt_lib.load_params(workdir_a)
-    params_b, _ = ckpt_lib.load_params(workdir_b)
+    params_a, _ = checkpoints.load_params(workdir_a)
+    params_b, _ = checkpoints.load_params(workdir_b)
     bitwise_equal(params_a, params_b)
     # ...and the optimizer state, step and RNG too.
     bitwise_equal(restore_state(workdir_a, 20), restore_state(workdir_b, 20))
@@ -334,8 +334,8 @@ def test_sigterm_saves_and_the_same_command_resumes(data_dir, tmp_path, compile_
 
 BAD_STARTS = {
     # name: (overrides, where train() rejects it)
-    "unknown_model": ["model_name=vitt"],  # config_lib.validate
-    "patch_does_not_divide_image": ["model.variant=pico/5"],  # validate_image_size
+    "unknown_model": ["model_name=vitt"],  # models.get_model_module
+    "patch_does_not_divide_image": ["model.variant=pico/5"],  # vit.check_input
     "no_length": ["total_steps=0"],  # total_steps_of: neither total_steps nor total_epochs
 }
 
@@ -387,8 +387,8 @@ def test_model_init_loads_frozen_backbone_then_resume_wins(run_a, data_dir, tmp_
     results, stdout = run_train(tiny_config(data_dir, *ft), workdir)
     assert f"initialised params from {run_a[0]}" in stdout
     assert results["step"] == 3  # a fine-tune starts at step 0
-    pre, _ = ckpt_lib.load_params(run_a[0])
-    new, _ = ckpt_lib.load_params(workdir)
+    pre, _ = checkpoints.load_params(run_a[0])
+    new, _ = checkpoints.load_params(workdir)
     flat_pre = dict(jax.tree_util.tree_leaves_with_path(pre))
     for path, leaf in jax.tree_util.tree_leaves_with_path(new):
         if "head" in jax.tree_util.keystr(path):
@@ -408,6 +408,7 @@ def test_flexivit_compiles_one_program_per_patch_size(data_dir, tmp_path):
     config.model.base_patch_size = (8, 8)
     config.model.posemb_grid = (4, 4)
     config.flexi = dict(patch_sizes=(2, 4, 8), schedule=dict(kind="uniform"))
+    config.evals.test.type = "per_patch_size"
     config.evals.test.patch_sizes = (4, 8)
     results, _ = run_train(config, workdir)
     seen = set(PatchSizeSchedule.from_config(config.flexi, seed=0).sizes_for(range(6)).tolist())
@@ -424,24 +425,23 @@ def test_flexivit_patch_sizes_not_dividing_image_are_named(data_dir, tmp_path):
     config.model_name = "flexivit"
     config.model.base_patch_size = (8, 8)
     config.flexi = dict(patch_sizes=(2, 4, 8), schedule=dict(kind="uniform"))
+    config.evals.test.type = "per_patch_size"
     config.evals.test.patch_sizes = (4, 5, 8)
     with pytest.raises(config_lib.ConfigError, match=r"evals.test.patch_sizes: 5 do"):
-        trainer.train(config, str(tmp_path / "w"))
+        experiment.train(config, str(tmp_path / "w"))
     config.flexi.patch_sizes = (3, 4, 6)
     with pytest.raises(config_lib.ConfigError, match=r"flexi.patch_sizes: 3, 6 do"):
-        trainer.train(config, str(tmp_path / "w"))
+        experiment.train(config, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w" / "config.json")
 
 
 def test_export_vit_jax_npz_then_eval_gives_the_same_metrics(run_a, data_dir, tmp_path):
-    from vitx import evaluate
-
     workdir, results, _ = run_a
     out = str(tmp_path / "a.npz")
     assert cli.main(["export", "--checkpoint", workdir, "--output", out]) == 0
     with np.load(out) as z:
         assert "Transformer/posembed_input/pos_embedding" in z  # the vit_jax layout
-    from_npz = evaluate.evaluate_checkpoint(tiny_config(data_dir), out)
-    from_ckpt = evaluate.evaluate_checkpoint(tiny_config(data_dir), workdir)
+    from_npz = experiment.evaluate(tiny_config(data_dir), out)
+    from_ckpt = experiment.evaluate(tiny_config(data_dir), workdir)
     assert from_npz["test/accuracy"] == from_ckpt["test/accuracy"] == results["test/accuracy"]
     np.testing.assert_allclose(from_npz["test/loss"], results["test/loss"], rtol=1e-6)

@@ -354,13 +354,28 @@ def global_batches(
         yield queue.popleft()
 
 
-def image_shape(*, name: str, split: str, data_dir: str | None, pp: str,
-                label_subset: Sequence[int] | None = None) -> tuple[int, ...]:
-    """(H, W, C) of `image` after preprocessing `pp` (static, from the tf.data element spec).
+def element_spec(*, name: str, split: str, data_dir: str | None, pp: str,
+                 label_subset: Sequence[int] | None = None
+                 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Per-example {key: (shape, numpy dtype)} of the batches `pp` makes (static, no data read).
+
+    The dtypes are those `global_batches` delivers (int64/float64 narrowed to 32 bits unless
+    `jax_enable_x64`); the eval-only `_mask` key is left out. E.g. for digits
+    {"image": ((32, 32, 1), float32), "label": ((10,), float32)}.
 
     Raises:
       ValueError: as `build_dataset` (unknown dataset, bad pp).
     """
     ds = build_dataset(name=name, split=split, data_dir=data_dir, pp=pp, global_batch_size=1,
                        train=False, cache=False, label_subset=label_subset)
-    return tuple(int(d) for d in ds.element_spec["image"].shape[1:])
+    out = {}
+    for key, spec in ds.element_spec.items():
+        if key == MASK_KEY:
+            continue
+        dtype = np.dtype(spec.dtype.as_numpy_dtype)
+        if not jax.config.jax_enable_x64:
+            dtype = {np.dtype(np.int64): np.dtype(np.int32),
+                     np.dtype(np.uint64): np.dtype(np.uint32),
+                     np.dtype(np.float64): np.dtype(np.float32)}.get(dtype, dtype)
+        out[key] = (tuple(int(d) for d in spec.shape[1:]), dtype)
+    return out

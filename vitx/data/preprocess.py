@@ -359,3 +359,162 @@ def keep(*keys: str) -> Op:
         return out
 
     return op
+
+
+# ---------------------------------------------------------------------------------------------
+# Ops for non-image keys (video, audio, extra labels).
+
+
+@register("video_value_range")
+def video_value_range(
+    lo: float, hi: float, key: str = "video", in_min: float = 0, in_max: float = 255
+) -> Op:
+    """Linearly maps the values of ``key`` from [in_min, in_max] to [lo, hi] (no clipping).
+
+    Works on a tensor of any shape under any key, e.g. ``video`` (time, height, width,
+    channels) uint8 0..255 -> float32 in [lo, hi]. Output: float32, same shape.
+
+    Raises:
+        ValueError: if ``in_min == in_max``, or (when run) the example lacks ``key``.
+    """
+    if in_max == in_min:
+        raise ValueError(
+            f"video_value_range: in_min={in_min!r} must differ from in_max={in_max!r}."
+        )
+    scale = (hi - lo) / (in_max - in_min)
+
+    def op(data: Example) -> Example:
+        x = _get(data, key, "video_value_range")
+        return {**data, key: (tf.cast(x, tf.float32) - in_min) * scale + lo}
+
+    return op
+
+
+@register("log_mel")
+def log_mel(
+    key: str = "audio",
+    out_key: str = "spectrogram",
+    sample_rate: int = 8000,
+    frame_length: int = 256,
+    frame_step: int = 80,
+    num_mel_bins: int = 64,
+    lower_hz: float = 80.0,
+    upper_hz: float = 3800.0,
+    normalize: bool = False,
+) -> Op:
+    """Log-mel spectrogram of the waveform under ``key``, written to ``out_key``.
+
+    The waveform (samples,) float at ``sample_rate`` Hz is cut into frames of
+    ``frame_length`` samples every ``frame_step`` samples (no end padding; periodic Hann
+    window; FFT length = next power of two >= frame_length) by ``tf.signal.stft``; the
+    magnitude spectrum is mapped to ``num_mel_bins`` HTK-mel bands between ``lower_hz`` and
+    ``upper_hz`` by ``tf.signal.linear_to_mel_weight_matrix`` and compressed as
+    ``log(mel + 1e-6)`` (natural log). With ``normalize=True`` each example is then
+    standardised to zero mean and unit variance over all its (frame, bin) values.
+
+    Output: float32 (frames, num_mel_bins, 1) with
+    ``frames = 1 + (samples - frame_length) // frame_step`` (e.g. 97 for 8000 samples and the
+    defaults: 10 ms hop, 32 ms window at 8 kHz). The input key is kept.
+
+    Raises:
+        ValueError: on non-positive sizes, ``not 0 <= lower_hz < upper_hz <= sample_rate / 2``,
+            or (when run) a missing ``key`` or a waveform that is not 1-D or is shorter than
+            ``frame_length``.
+    """
+    for name, value in (
+        ("sample_rate", sample_rate),
+        ("frame_length", frame_length),
+        ("frame_step", frame_step),
+        ("num_mel_bins", num_mel_bins),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"log_mel: {name}={value!r} must be a positive int.")
+    if not 0 <= lower_hz < upper_hz <= sample_rate / 2:
+        raise ValueError(
+            f"log_mel: need 0 <= lower_hz < upper_hz <= sample_rate / 2, got lower_hz="
+            f"{lower_hz!r}, upper_hz={upper_hz!r}, sample_rate={sample_rate!r}."
+        )
+    fft_length = 1 << (frame_length - 1).bit_length()
+    mel_matrix = tf.signal.linear_to_mel_weight_matrix(
+        num_mel_bins=num_mel_bins,
+        num_spectrogram_bins=fft_length // 2 + 1,
+        sample_rate=sample_rate,
+        lower_edge_hertz=float(lower_hz),
+        upper_edge_hertz=float(upper_hz),
+        dtype=tf.float32,
+    )
+
+    def op(data: Example) -> Example:
+        wave = _get(data, key, "log_mel")
+        if wave.shape.rank != 1:
+            raise ValueError(
+                f"log_mel: key {key!r} must hold a 1-D waveform (samples,), got shape "
+                f"{wave.shape}; select one channel first."
+            )
+        num_samples = wave.shape[0]
+        if num_samples is not None and num_samples < frame_length:
+            raise ValueError(
+                f"log_mel: key {key!r} has {num_samples} samples < frame_length="
+                f"{frame_length}; use a smaller frame_length."
+            )
+        stft = tf.signal.stft(
+            tf.cast(wave, tf.float32),
+            frame_length=frame_length,
+            frame_step=frame_step,
+            fft_length=fft_length,
+            pad_end=False,
+        )
+        mel = tf.matmul(tf.abs(stft), mel_matrix)  # (frames, num_mel_bins)
+        spec = tf.math.log(mel + 1e-6)
+        if normalize:
+            mean, var = tf.nn.moments(spec, axes=[0, 1])
+            spec = (spec - mean) * tf.math.rsqrt(var + 1e-6)
+        return {**data, out_key: spec[..., None]}
+
+    return op
+
+
+def _check_key_names(op: str, *keys: Any) -> None:
+    """Raises a ValueError naming ``op`` unless every key is a non-empty, non-reserved str."""
+    for k in keys:
+        if not isinstance(k, str) or not k or k == SEED_KEY:
+            raise ValueError(f"{op}: key {k!r} must be a non-empty string other than '_seed'.")
+
+
+@register("rename")
+def rename(old: str, new: str) -> Op:
+    """Moves the value of key ``old`` to key ``new`` (any shape/dtype); ``old`` is removed.
+
+    An existing ``new`` is overwritten, so e.g. ``rename('digit', 'label')`` makes the digit
+    class the label of ``moving_digits``.
+
+    Raises:
+        ValueError: on non-string or reserved names, or (when run) a missing ``old``.
+    """
+    _check_key_names("rename", old, new)
+
+    def op(data: Example) -> Example:
+        out = dict(data)
+        out[new] = _get(data, old, "rename")
+        if new != old:
+            del out[old]
+        return out
+
+    return op
+
+
+@register("copy")
+def copy(src: str, dst: str) -> Op:
+    """Copies the value of key ``src`` to key ``dst`` (any shape/dtype); ``src`` is kept.
+
+    An existing ``dst`` is overwritten.
+
+    Raises:
+        ValueError: on non-string or reserved names, or (when run) a missing ``src``.
+    """
+    _check_key_names("copy", src, dst)
+
+    def op(data: Example) -> Example:
+        return {**data, dst: _get(data, src, "copy")}
+
+    return op

@@ -8,10 +8,10 @@ the patch size of the current call:
   * Sec. 3.4 (PI-resize): the kernel (P0h, P0w, C, D) becomes (ph, pw, C, D) with
     ŵ = pinv(Bᵀ) w, B the bilinear resize matrix, so that ⟨B x, ŵ⟩ = ⟨x, w⟩ for every patch x
     when upsampling (least squares when downsampling). The bias is not resized. The matrices
-    come from `vitx.train.transfer.pi_resize_patch_kernel` (host constants, computed once per
+    come from `vitx.models.resize.pi_resize_patch_kernel` (host constants, computed once per
     (base, p) pair and cached; inside `jit` they are baked into the program).
   * Sec. 3: the learned position embedding is one grid (default 7x7) bilinearly resized to the
-    current token grid (H/ph, W/pw) with `vitx.train.transfer.resize_posemb`.
+    current token grid (H/ph, W/pw) with `vitx.models.resize.resize_posemb`.
   * Sec. 3: everything else (encoder, cls token, head) is shared unchanged across patch sizes.
 
 The patch size is a *static* Python int or (h, w) pair: every distinct size is its own compiled
@@ -41,30 +41,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from vitx.models import layers, vit
-from vitx.train import transfer
+from vitx.models import layers, resize, vit
+from vitx.utils import pair as _pair
 
 Array = jax.Array
-
-
-def _pair(size: Any, what: str) -> tuple[int, int]:
-    """An int n (-> (n, n)) or a pair of ints, all > 0, as a tuple of Python ints.
-
-    Raises:
-      ValueError: `size` is not a static positive int / pair (e.g. a traced jax value).
-    """
-    hw = (size, size) if isinstance(size, int | np.integer) else size
-    try:
-        hw = tuple(hw)
-    except TypeError:
-        hw = ()
-    if len(hw) != 2 or not all(isinstance(v, int | np.integer) and not isinstance(v, bool)
-                               and v > 0 for v in hw):
-        raise ValueError(f"{what}={size!r} is not a size; pass a static Python int > 0 or a pair "
-                         f"(height, width) of them (each patch size is its own compiled program)")
-    return int(hw[0]), int(hw[1])
 
 
 class FlexiPatchEmbed(nn.Module):
@@ -74,7 +55,7 @@ class FlexiPatchEmbed(nn.Module):
     same names and inits as the plain ViT's `nn.Conv` "embedding".
 
     Call: images (B, H, W, C) and a static patch size (ph, pw) -> tokens (B, H/ph, W/pw, D). The
-    kernel is resized with `transfer.pi_resize_patch_kernel` (identity at the base size; the
+    kernel is resized with `resize.pi_resize_patch_kernel` (identity at the base size; the
     bias is never resized) and applied as a VALID conv with stride = patch size, computed in
     `dtype` (params stay float32).
 
@@ -100,7 +81,7 @@ class FlexiPatchEmbed(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (*base, c, self.features),
                             jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        kernel = transfer.pi_resize_patch_kernel(kernel, (ph, pw), self.resize_method)
+        kernel = resize.pi_resize_patch_kernel(kernel, (ph, pw), self.resize_method)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = jax.lax.conv_general_dilated(x, kernel, window_strides=(ph, pw), padding="VALID",
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -133,9 +114,9 @@ class _FlexiViT(vit._ViT):
     resize_method: str = "bilinear"
 
     def _patch_size(self, patch_size: Any) -> tuple[int, int]:
-        if self.resize_method not in transfer.RESIZE_METHODS:
+        if self.resize_method not in resize.RESIZE_METHODS:
             raise ValueError(f"model.resize_method={self.resize_method!r} is unknown; use one of "
-                             f"{list(transfer.RESIZE_METHODS)}")
+                             f"{list(resize.RESIZE_METHODS)}")
         if patch_size is None:
             return _pair(self.patch_size, "model.patch_size")
         return _pair(patch_size, "patch_size")
@@ -155,7 +136,7 @@ class _FlexiViT(vit._ViT):
         """Tokens (B, N, D), N = gh * gw -> tokens + posemb resized to the (gh, gw) grid.
 
         "learn": one param (1, G0h * G0w, D) (normal, stddev 0.02) for `posemb_grid`, resized
-        with `transfer.resize_posemb` (identity when the grids are equal). "sincos2d": computed
+        with `resize.resize_posemb` (identity when the grids are equal). "sincos2d": computed
         directly at (gh, gw). Source: FlexiViT Sec. 3 (posemb resized to the token grid).
         """
         n, d = x.shape[1:]
@@ -163,7 +144,7 @@ class _FlexiViT(vit._ViT):
             g0 = _pair(self.posemb_grid, "model.posemb_grid")
             pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
                             (1, g0[0] * g0[1], d), jnp.float32)
-            pe = transfer.resize_posemb(pe, g0, tuple(grid), method=self.resize_method)
+            pe = resize.resize_posemb(pe, g0, tuple(grid), method=self.resize_method)
         elif self.posemb == "sincos2d":
             pe = layers.posemb_sincos_2d(*grid, d)
         else:
@@ -187,3 +168,13 @@ def Model(num_classes: int | None = 1000, *, variant: str | None = None, **kw: A
         if key in kw:
             kw[key] = _pair(kw[key], f"model.{key}")
     return vit._make(_FlexiViT, num_classes, variant=variant, **kw)
+
+
+#: Checkpoint surgery: FlexiViT and ViT share their parameter names and shapes' meaning.
+load = vit.load
+
+
+def check_input(model_cfg: Any, shape: Any) -> None:
+    """No static check: the patch sizes are checked against the image by the FlexiViT plugin
+    (`vitx.train.flexi`), per size, before training starts."""
+    del model_cfg, shape

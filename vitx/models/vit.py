@@ -19,17 +19,22 @@ Parameter tree (big_vision layout)::
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from vitx.models import layers
+from vitx.models import layers, resize
+from vitx.utils import checkpoints, npz, pair, tree
 
 Array = jax.Array
+Params = dict[str, Any]
+logger = logging.getLogger(__name__)
 
 # name: (width, depth, mlp_dim, num_heads)
 WIDTHS = {
@@ -171,3 +176,158 @@ def _make(cls: type[nn.Module], num_classes: int | None, *, variant: str | None 
 def Model(num_classes: int | None = 1000, *, variant: str | None = None, **kw: Any) -> nn.Module:  # noqa: N802
     """The ViT of this module, e.g. `Model(1000, variant="B/16")` (86.6M params at 224 px)."""
     return _make(_ViT, num_classes, variant=variant, **kw)
+
+
+def check_input(model_cfg: Mapping[str, Any], shape: Sequence[int]) -> None:
+    """Check, before any compile, that the patch size divides the image (H, W, C) of the data.
+
+    `model_cfg` is `config.model` (`variant` and/or `patch_size`).
+
+    Raises:
+      ValueError: naming `model.variant` / `model.patch_size`, the image size and the patch
+        sizes that would work.
+    """
+    ps = model_cfg.get("patch_size") or decode_variant(model_cfg.get("variant")).get("patch_size")
+    if ps is None:
+        return
+    ph, pw = pair(ps, "model.patch_size")
+    h, w = shape[:2]
+    if h % ph or w % pw:
+        divisors = [p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]
+        raise ValueError(
+            f"model patch size {ph}x{pw} (model.variant={model_cfg.get('variant')!r}, "
+            f"model.patch_size={model_cfg.get('patch_size')!r}) does not divide the image size "
+            f"{h}x{w} made by input.pp; use a patch size in {divisors} or change the resize")
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoint surgery (this model's `load`).
+
+
+def reinit_head(params: Mapping[str, Any], num_classes: int, *,
+                keep_pre_logits: bool = True) -> Params:
+    """Replace `head` with a zero-initialised (D, K) layer, K = `num_classes`.
+
+    Shapes: head/kernel (D, K) zeros, head/bias (K,) zeros, where D is pre_logits' output size
+    if kept, else the model width (pre_logits' input size, the old head's input size, or
+    encoder_norm's size). `keep_pre_logits=False` drops `pre_logits` (build the model with
+    representation_size=None then). Dtype of the old head (float32 if none). Pure.
+
+    Source: Dosovitskiy et al., ICLR 2021, Sec. 3.2 (zero-initialised D x K head).
+
+    Raises:
+      ValueError: num_classes < 1, or no param to read D from.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes={num_classes} must be >= 1")
+    flat = tree.flat_leaves(params)
+    if "pre_logits/kernel" in flat:
+        d = np.shape(flat["pre_logits/kernel"])[1 if keep_pre_logits else 0]
+    elif "head/kernel" in flat:
+        d = np.shape(flat["head/kernel"])[0]
+    elif "Transformer/encoder_norm/scale" in flat:
+        d = np.shape(flat["Transformer/encoder_norm/scale"])[-1]
+    else:
+        raise ValueError("reinit_head: params have none of pre_logits/kernel, head/kernel, "
+                         "Transformer/encoder_norm/scale to read the head width from; pass ViT "
+                         "params")
+    old = flat.get("head/kernel")
+    dtype = old.dtype if old is not None else jnp.float32
+    xp = np if isinstance(old, np.ndarray) else jnp
+    out = {k: v for k, v in params.items() if k != "head"}
+    if not keep_pre_logits:
+        out.pop("pre_logits", None)
+    out["head"] = {"kernel": xp.zeros((d, num_classes), dtype), "bias": xp.zeros((num_classes,),
+                                                                                  dtype)}
+    return out
+
+
+def adapt_params(init: Mapping[str, Any], loaded: Mapping[str, Any], *,
+                 dont_load: Sequence[str] = (), posemb_method: str = "bilinear",
+                 old_grid: Sequence[int] | None = None,
+                 new_grid: Sequence[int] | None = None,
+                 patch_method: str = "bilinear") -> Params:
+    """Standard fine-tune surgery on `loaded`, then `tree.merge_params(init, ...)` (strict).
+
+    Adaptations (each one logged):
+      * scan layout: `loaded` is stacked/unstacked to match `init` (`npz.stack_blocks`).
+      * `pre_logits` / `head` of `loaded` are dropped when `init` has none (ViT Sec. 3.2: remove
+        the pre-trained head).
+      * head: if any head/* shape differs (other number of classes), the whole head is
+        re-initialised to zeros of init's shapes (ViT Sec. 3.2); same shapes are loaded.
+      * pos_embedding (1, N0, D) -> (1, N1, D) when N0 != N1: `resize_posemb` with
+        `posemb_method`, grids `old_grid` / `new_grid` or inferred as squares (`infer_grid`).
+      * embedding/kernel (P0h, P0w, C, D) -> (P1h, P1w, C, D): `pi_resize_patch_kernel` with
+        `patch_method` (FlexiViT Sec. 3.4).
+    Everything else must match exactly (`vitx.utils.tree.merge_params`; `dont_load`: re.fullmatch).
+    Shapes: the result has init's structure, shapes and dtypes. Pure apart from logging.
+
+    Source: Dosovitskiy et al., ICLR 2021, Sec. 3.2; Beyer et al., FlexiViT, CVPR 2023, Sec. 3.4.
+
+    Raises:
+      ValueError: from `vitx.utils.tree.merge_params` (listing every param that cannot be loaded
+        or adapted), from `infer_grid` (non-square grid: pass old_grid/new_grid), unknown methods.
+    """
+    resize.check_method(posemb_method)
+    resize.check_method(patch_method)
+    loaded = dict(loaded)
+    init_scan, loaded_scan = npz.is_scanned(init), npz.is_scanned(loaded)
+    if init_scan is True and loaded_scan is False:
+        logger.info("vit.load: stacking encoderblock_{i} into a scanned encoderblock")
+        loaded = npz.stack_blocks(loaded)
+    elif init_scan is False and loaded_scan is True:
+        logger.info("vit.load: unstacking scanned encoderblock into encoderblock_{i}")
+        loaded = npz.unstack_blocks(loaded)
+    for key in ("pre_logits", "head"):
+        if key in loaded and key not in init:
+            logger.info("vit.load: dropping checkpoint %s (the model has none)", key)
+            del loaded[key]
+    if isinstance(init.get("head"), Mapping) and isinstance(loaded.get("head"), Mapping):
+        ih, lh = tree.flat_leaves(init["head"]), tree.flat_leaves(loaded["head"])
+        if any(k in lh and tuple(np.shape(lh[k])) != tuple(v.shape) for k, v in ih.items()):
+            logger.info("vit.load: head %s -> %s, re-initialised to zeros",
+                        {k: tuple(np.shape(v)) for k, v in lh.items()},
+                        {k: tuple(v.shape) for k, v in ih.items()})
+            xp = lambda v: np if isinstance(v, np.ndarray) else jnp
+            loaded["head"] = tree.unflatten({k: xp(v).zeros(v.shape, v.dtype)
+                                             for k, v in ih.items()})
+
+    def adapter(name: str, value: Any, ref: Any) -> Any:
+        shape, ref_shape = tuple(np.shape(value)), tuple(ref.shape)
+        if (name == "pos_embedding" and len(shape) == 3 and len(ref_shape) == 3
+                and shape[::2] == ref_shape[::2]):
+            og = pair(old_grid, "old_grid") if old_grid is not None else resize.infer_grid(
+                shape[1])
+            ng = pair(new_grid, "new_grid") if new_grid is not None else resize.infer_grid(
+                ref_shape[1])
+            logger.info("vit.load: pos_embedding %s -> %s (grid %s -> %s, %s)",
+                        shape, ref_shape, og, ng, posemb_method)
+            return resize.resize_posemb(jnp.asarray(value), og, ng, method=posemb_method)
+        if (name == "embedding/kernel" and len(shape) == 4 and len(ref_shape) == 4
+                and shape[2:] == ref_shape[2:]):
+            logger.info("vit.load: embedding/kernel %s -> %s (PI-resize, %s)",
+                        shape, ref_shape, patch_method)
+            return resize.pi_resize_patch_kernel(jnp.asarray(value), ref_shape[:2], patch_method)
+        return None
+
+    return tree.merge_params(init, loaded, dont_load=dont_load, adapt=adapter)
+
+
+def load(init_params: Any, init_file: str, model_cfg: Any = None, dont_load: Sequence[str] = (),
+         **kw: Any) -> Params:
+    """Fine-tune surgery: the params of checkpoint `init_file`, adapted to this model's init.
+
+    big_vision's `models/vit.py: load(init_params, init_file, model_cfg, dont_load)`.
+    `init_file` is any checkpoint spec (`vitx.utils.checkpoints`: a vitx workdir, a step
+    directory, a vitx / vit_jax / big_vision .npz, optionally `:subtree`); `init_params` is the
+    fresh init (its structure, shapes and dtypes win); `kw` are `adapt_params`'s options
+    (`posemb_method`, `patch_method`, `old_grid`, `new_grid`), i.e. `config.model_load`.
+    Returns host numpy params of init's structure.
+
+    Raises:
+      FileNotFoundError / ValueError: see `vitx.utils.checkpoints.load_params` and
+        `adapt_params` (one error listing every param that cannot be loaded).
+    """
+    del model_cfg  # the shapes of init_params say everything the surgery needs
+    loaded, _ = checkpoints.load_params(init_file)
+    return adapt_params(jax.device_get(init_params), loaded, dont_load=dont_load, **kw)

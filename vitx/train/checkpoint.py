@@ -5,17 +5,16 @@ A checkpoint `WORKDIR/checkpoints/<step>/` holds everything needed to continue b
   meta    JSON: step, the data position (examples consumed = step * batch size; the input
           pipeline is a pure function of (seed, position)), and the config that made it.
 Orbax writes into a temporary directory and renames it when complete, so a crashed or killed
-save never damages the checkpoints already on disk.
+save never damages the checkpoints already on disk. Reading params out of a checkpoint (for
+fine-tuning, eval, export) is `vitx.utils.checkpoints`, which needs no train state.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -79,42 +78,3 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs of `tree` carrying `shardings` (the restore target)."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         tree, shardings)
-
-
-def find_checkpoint_dir(path: str) -> str:
-    """`path` may be a workdir (with checkpoints/) or the checkpoints directory itself.
-
-    Raises:
-      FileNotFoundError: neither holds a step directory.
-    """
-    for cand in (os.path.join(path, "checkpoints"), path):
-        if os.path.isdir(cand) and any(d.isdigit() for d in os.listdir(cand)):
-            return cand
-    raise FileNotFoundError(f"{path!r} holds no vitx checkpoint (expected "
-                            f"{path}/checkpoints/<step>/); pass a workdir of a finished run or "
-                            f"a .npz file")
-
-
-def load_params(path: str, step: int | None = None) -> tuple[Any, dict]:
-    """Params (host numpy tree) and meta of a vitx checkpoint in a workdir, without a template."""
-    ckpt_dir = find_checkpoint_dir(path)
-    mngr = ocp.CheckpointManager(
-        ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
-    step = mngr.latest_step() if step is None else step
-    # Restore as host numpy: works whatever mesh/devices the checkpoint was written on.
-    tree = mngr.item_metadata(step)["state"].tree
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(restore_args=restore_args), meta=ocp.args.JsonRestore()))
-    mngr.close()
-    return out["state"]["params"], dict(out["meta"])
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to `path` via a temporary file and rename (never leaves a half-written file)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)

@@ -1,13 +1,13 @@
-"""Jitted train and eval steps: explicit in/out shardings, donated state, grad accumulation.
+"""The jitted train step: task loss, plugin loss terms, grad accumulation, masked updates.
 
 The train state is a plain dict (orbax-friendly)::
 
     {"params": tree, "opt_state": tree, "step": int32 (), "rng": uint32 (2,)}
 
-Batches are dicts with `image` (B, H, W, C) float in [-1, 1] and `label` (B,) int or (B, K)
-one-hot / smoothed; eval batches also carry `_mask` (B,) (1 for real examples, 0 for padding).
-Static per-step choices (e.g. FlexiViT's patch size) are passed as `model_kw` and give one
-compiled program each; `StepCache` keeps them.
+Batches are dicts of (B, ...) arrays with whatever keys the data has; the task says which key
+the model reads and which holds the labels. Static per-step choices (the per-step plan, e.g.
+FlexiViT's patch size) are passed as `model_kw` and give one compiled program each;
+`StepCache` keeps them (shardings and donation are set by the caller).
 """
 
 from __future__ import annotations
@@ -19,59 +19,29 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding
 
 Array = jax.Array
 State = dict[str, Any]
 
 
-def onehot_labels(label: Array, num_classes: int) -> Array:
-    """(B,) int -> (B, K) float one-hot; (B, K) passes through as float32."""
-    if label.ndim == 1:
-        return jax.nn.one_hot(label, num_classes)
-    return label.astype(jnp.float32)
+def make_loss_fn(model: nn.Module, task: Any, model_kw: dict | None = None, *,
+                 extra_loss: Callable[..., Array] | None = None) -> Callable[..., Array]:
+    """loss(params, batch, rng, *extra) -> scalar mean loss over the batch.
 
-
-def softmax_xent(logits: Array, labels: Array) -> Array:
-    """Per-example cross-entropy with (soft) labels. logits, labels: (B, K) -> (B,)."""
-    return -jnp.sum(labels * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
-
-
-def distill_loss(student_logits: Array, teacher_logits: Array, temperature: float = 1.0
-                 ) -> Array:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)) per example, (B, K) -> (B,).
-
-    Zero iff the two distributions are equal. The T^2 factor keeps gradient magnitudes
-    comparable across temperatures (Hinton et al. 2015, Sec. 2). FlexiViT (Beyer et al. 2023,
-    Sec. 3.5; seed 001 claims 4-6) distils a FlexiViT student from a fixed-patch-size teacher.
-    """
-    lt = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature)
-    ls = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature)
-    return jnp.sum(jnp.exp(lt) * (lt - ls), axis=-1) * temperature**2
-
-
-def make_loss_fn(model: nn.Module, num_classes: int, model_kw: dict | None = None, *,
-                 teacher: nn.Module | None = None, teacher_kw: dict | None = None,
-                 label_weight: float = 0.0, temperature: float = 1.0
-                 ) -> Callable[..., Array]:
-    """loss(params, batch, rng, teacher_params=None) -> scalar mean loss over the batch.
-
-    Without a teacher: softmax cross-entropy with the (soft) labels. With a teacher (distillation):
-    `(1 - label_weight) * KL(teacher || student) + label_weight * xent(labels)`.
+    The model runs on `task.model_inputs(batch)` with the static `model_kw` (one compiled
+    program per distinct value, e.g. FlexiViT's patch size); the per-example loss is
+    `task.loss(logits, batch)` (B,), or `extra_loss(logits, batch, task_loss, *extra)` (B,) when
+    a plugin replaces it (distillation: `extra` holds the teacher's params).
     """
     model_kw = dict(model_kw or {})
-    teacher_kw = dict(teacher_kw or {})
 
-    def loss_fn(params: Any, batch: dict, rng: Array, teacher_params: Any = None) -> Array:
-        logits, _ = model.apply({"params": params}, batch["image"], train=True,
+    def loss_fn(params: Any, batch: dict, rng: Array, *extra: Any) -> Array:
+        logits, _ = model.apply({"params": params}, task.model_inputs(batch), train=True,
                                 rngs={"dropout": rng}, **model_kw)
-        xent = softmax_xent(logits, onehot_labels(batch["label"], num_classes))
-        if teacher is None:
-            return jnp.mean(xent)
-        t_logits, _ = teacher.apply({"params": teacher_params}, batch["image"], train=False,
-                                    **teacher_kw)
-        kd = distill_loss(logits, jax.lax.stop_gradient(t_logits), temperature)
-        return jnp.mean((1.0 - label_weight) * kd + label_weight * xent)
+        per_example = task.loss(logits, batch)
+        if extra_loss is not None:
+            per_example = extra_loss(logits, batch, per_example, *extra)
+        return jnp.mean(per_example)
     return loss_fn
 
 
@@ -104,22 +74,23 @@ def accumulate_gradients(loss_fn: Callable, params: Any, batch: dict, rng: Array
     return loss / accum_steps, jax.tree.map(lambda g: g / accum_steps, grads)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_classes: int,
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, task: Any, *,
                     accum_steps: int = 1, frozen: Any = None,
                     schedule: optax.Schedule | None = None, model_kw: dict | None = None,
-                    distill: dict | None = None) -> Callable[..., tuple[State, dict]]:
-    """train_step(state, batch[, teacher_params]) -> (new state, metrics {loss, grad_norm, lr}).
+                    extra_loss: Callable[..., Array] | None = None
+                    ) -> Callable[..., tuple[State, dict]]:
+    """train_step(state, batch, *extra) -> (new state, metrics {loss, grad_norm, lr}).
 
-    `frozen` (a tree of bools like params) keeps those params bit-identical. `distill`: kwargs of
-    `make_loss_fn` (teacher, teacher_kw, label_weight, temperature); the step then takes the
-    teacher's params as a third argument.
+    `task`: a `vitx.tasks` task (model inputs and per-example loss). `frozen` (a tree of bools
+    like params) keeps those params bit-identical. `extra_loss` and the step's `*extra`
+    arguments come from plugins (see `make_loss_fn`).
     """
-    loss_fn = make_loss_fn(model, num_classes, model_kw, **(distill or {}))
+    loss_fn = make_loss_fn(model, task, model_kw, extra_loss=extra_loss)
 
-    def train_step(state: State, batch: dict, *teacher_params: Any) -> tuple[State, dict]:
+    def train_step(state: State, batch: dict, *extra: Any) -> tuple[State, dict]:
         rng = jax.random.fold_in(state["rng"], state["step"])
         loss, grads = accumulate_gradients(loss_fn, state["params"], batch, rng, accum_steps,
-                                           *teacher_params)
+                                           *extra)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         if frozen is not None:
@@ -131,22 +102,6 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
         new_state = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
         return new_state, metrics
     return train_step
-
-
-def make_eval_step(model: nn.Module, *, num_classes: int, model_kw: dict | None = None
-                   ) -> Callable[[Any, dict], dict]:
-    """eval_step(params, batch) -> sums {"correct", "loss", "count"} over real (unmasked) rows."""
-    model_kw = dict(model_kw or {})
-
-    def eval_step(params: Any, batch: dict) -> dict:
-        logits, _ = model.apply({"params": params}, batch["image"], train=False, **model_kw)
-        labels = onehot_labels(batch["label"], num_classes)
-        mask = batch.get("_mask", jnp.ones(logits.shape[:1])).astype(jnp.float32)
-        correct = (jnp.argmax(logits, -1) == jnp.argmax(labels, -1)).astype(jnp.float32)
-        return {"correct": jnp.sum(correct * mask),
-                "loss": jnp.sum(softmax_xent(logits, labels) * mask),
-                "count": jnp.sum(mask)}
-    return eval_step
 
 
 class StepCache:
@@ -176,7 +131,3 @@ class StepCache:
     @property
     def keys(self) -> list:
         return list(self._fns)
-
-
-def shardings_like(tree: Any, sharding: NamedSharding) -> Any:
-    return jax.tree.map(lambda _: sharding, tree)

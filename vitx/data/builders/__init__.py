@@ -11,10 +11,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import gcs_utils
 
-from vitx.data.builders import digits  # noqa: F401  (registers the "digits" builder)
+# Imported for their side effect: each module registers its builder with TFDS.
+from vitx.data.builders import digits, dtmf_keys, moving_digits  # noqa: F401
 
 # Builders that vitx can prepare itself, from data on this machine, on first use.
-LOCAL_BUILDERS: frozenset[str] = frozenset({"digits"})
+LOCAL_BUILDERS: frozenset[str] = frozenset({"digits", "dtmf_keys", "moving_digits"})
 
 
 def hide_accelerators_from_tf() -> None:

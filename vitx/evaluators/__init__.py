@@ -1,0 +1,68 @@
+"""Evaluators, picked by `type` from a registry (big_vision's `evaluators/common.py` pattern).
+
+    config.evals.<name> = dict(type="classification", dataset=..., split=..., pp=...,
+                               batch_size=..., label_subset=None)
+    config.evals.<name> = dict(type="per_patch_size", patch_sizes=(4, 8, 16), ...)  # FlexiViT
+
+Every evaluator receives an `EvalContext`: a predict function `(params, batch, **static_kw) ->
+logits` (built by the caller from the model and the task), the task (which keys it reads, its
+loss and hit), the mesh and the data settings. An evaluator module defines
+`Evaluator(name, cfg, ctx)` with `run(params, *, final=False) -> {metric name: float}`.
+Add one: write `vitx/evaluators/<type>.py` and list it in `EVALUATORS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+
+__all__ = ["EVALUATORS", "EvalContext", "from_config"]
+
+EVALUATORS = {
+    "classification": "vitx.evaluators.classification",
+    "per_patch_size": "vitx.evaluators.per_patch_size",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+    """What every evaluator gets.
+
+    Attributes:
+      predict_fn: (params, batch, **static_kw) -> logits (B, K); jittable.
+      task: the `vitx.tasks` task (model inputs, per-example loss and top-1 hit).
+      mesh: the device mesh (batches are sharded over its batch axes).
+      param_shardings: shardings of the params passed to `run`.
+      data_dir: TFDS data_dir.
+      default_batch_size: the batch size of evals that set none.
+      workdir: where evaluators may write files (plots), or None.
+    """
+
+    predict_fn: Callable[..., jax.Array]
+    task: Any
+    mesh: jax.sharding.Mesh
+    param_shardings: Any
+    data_dir: str | None
+    default_batch_size: int
+    workdir: str | None = None
+
+
+def from_config(evals: ml_collections.ConfigDict | None, ctx: EvalContext) -> list[Any]:
+    """One evaluator per entry of `config.evals`, in order.
+
+    Raises:
+      ValueError: an unknown `type` (the message lists the known ones) or a bad entry.
+    """
+    out = []
+    for name, cfg in (evals or {}).items():
+        kind = cfg.get("type", "classification")
+        if kind not in EVALUATORS:
+            raise ValueError(f"evals.{name}.type={kind!r} does not exist; use one of "
+                             f"{sorted(EVALUATORS)}")
+        out.append(importlib.import_module(EVALUATORS[kind]).Evaluator(name, cfg, ctx))
+    return out

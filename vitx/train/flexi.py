@@ -1,0 +1,48 @@
+"""FlexiViT training plugin: one patch size per step from `config.flexi`'s schedule.
+
+Source: Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023, Sec. 3.1 (a random
+patch size per step; seed 001 claims 14-16). The model (`vitx.models.flexi`) PI-resizes its
+kernel to the size it is called with; this plugin only puts `patch_size` into the per-step plan,
+a pure function of (seed, step) (`vitx.train.schedules.PatchSizeSchedule`), so every size is one
+compiled train step and a resumed run replays the same sizes.
+
+    config.flexi = dict(patch_sizes=(4, 6, 8, 12, 16, 24), schedule=dict(kind="uniform"))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from vitx.config import ConfigError
+from vitx.train.plugins import Plugin, SetupContext
+from vitx.train.schedules import PatchSizeSchedule, validate_patch_sizes
+
+
+class FlexiPlugin(Plugin):
+    """Plans `{"patch_size": schedule(step)}` (a static Python int) for every step."""
+
+    def __init__(self, schedule: PatchSizeSchedule):
+        self.schedule = schedule
+
+    def plan(self, step: int) -> dict[str, Any]:
+        return {"patch_size": self.schedule(step)}
+
+
+def from_config(config: ml_collections.ConfigDict, ctx: SetupContext) -> FlexiPlugin | None:
+    """The plugin for `config.flexi`, or None without it.
+
+    Raises:
+      ConfigError: a bad schedule, or patch sizes that do not divide the model input's (H, W)
+        (naming `flexi.patch_sizes` and sizes that would work).
+    """
+    if not config.get("flexi"):
+        return None
+    try:
+        schedule = PatchSizeSchedule.from_config(config.flexi, seed=config.get("seed", 0))
+        shape = ctx.spec[ctx.task.inputs][0]
+        validate_patch_sizes(schedule.patch_sizes, tuple(shape[:2]))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return FlexiPlugin(schedule)

@@ -1,0 +1,77 @@
+"""The train state and the one place that builds a model's params from a batch spec.
+
+The train state is a plain dict (orbax-friendly)::
+
+    {"params": tree, "opt_state": tree, "step": int32 (), "rng": uint32 (2,)}
+
+`abstract_params` is used by train, eval and bench alike: the model is initialised (abstractly,
+with `jax.eval_shape`, so it costs no memory) on a dummy batch of one example of each key of the
+data's element spec, through the task's `model_inputs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vitx.train import checkpoint as ckpt_lib
+from vitx.train import sharding as shd
+
+#: {batch key: (per-example shape, dtype)}, e.g. {"image": ((32, 32, 1), float32), ...}.
+ExampleSpec = Mapping[str, tuple[tuple[int, ...], Any]]
+
+
+def dummy_batch(spec: ExampleSpec) -> dict[str, jax.Array]:
+    """Zeros of shape (1, *shape) for every key of `spec` (the init batch)."""
+    return {k: jnp.zeros((1, *shape), dtype) for k, (shape, dtype) in spec.items()}
+
+
+def init_params_fn(model: Any, task: Any, spec: ExampleSpec, model_kw: Mapping[str, Any]
+                   ) -> Any:
+    """rng -> params: `model.init` on `task.model_inputs(dummy_batch(spec))` with `model_kw`."""
+    def init(rng: jax.Array) -> Any:
+        return model.init(rng, task.model_inputs(dummy_batch(spec)), train=False,
+                          **model_kw)["params"]
+    return init
+
+
+def abstract_params(model: Any, task: Any, spec: ExampleSpec,
+                    model_kw: Mapping[str, Any] | None = None) -> Any:
+    """The params' shapes and dtypes (a tree of `jax.ShapeDtypeStruct`), without allocating.
+
+    Raises:
+      ValueError: the model rejects the input (e.g. a patch size that does not divide it).
+    """
+    init = init_params_fn(model, task, spec, model_kw or {})
+    return jax.eval_shape(init, jax.random.PRNGKey(0))
+
+
+def init_state(config: ml_collections.ConfigDict, model: Any, task: Any, tx: Any,
+               spec: ExampleSpec, mesh: Any, model_kw: Mapping[str, Any], *,
+               materialize: bool = True) -> tuple[dict, Any]:
+    """Random init of the train state directly into its shardings. Returns (state, shardings).
+
+    The init RNG is `split(PRNGKey(config.seed))[0]`, the train RNG the other half. With
+    `materialize=False` the state is abstract (ShapeDtypeStructs carrying the shardings: the
+    restore target), so resuming never allocates a throw-away random init.
+    """
+    rules = list(config.get("sharding_rules") or [])
+    rng = jax.random.PRNGKey(config.get("seed", 0))
+    init_rng, train_rng = jax.random.split(rng)
+    init = init_params_fn(model, task, spec, model_kw)
+
+    def make_state(r: jax.Array) -> dict:
+        params = init(r)
+        return {"params": params, "opt_state": tx.init(params),
+                "step": jnp.zeros((), jnp.int32), "rng": train_rng}
+
+    abstract = jax.eval_shape(make_state, init_rng)
+    state_shardings = shd.tree_shardings(abstract, mesh, rules)
+    if not materialize:
+        return ckpt_lib.abstract_like(abstract, state_shardings), state_shardings
+    state = jax.jit(make_state, out_shardings=state_shardings)(init_rng)
+    return state, state_shardings

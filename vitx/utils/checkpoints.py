@@ -1,0 +1,166 @@
+"""The one checkpoint resolver: where a spec points and the params it holds, for every caller.
+
+A spec (`config.model_init`, `vitx eval --checkpoint`, `vitx export --checkpoint`,
+`config.distill.teacher`) is one of
+
+    WORKDIR                      a vitx run: its latest finalized checkpoint
+    WORKDIR/checkpoints          the same
+    WORKDIR/checkpoints/STEP     that step
+    file.npz                     vitx, vit_jax or big_vision layout (detected from the names)
+    any of these + ":subtree"    only the params under that '/'-prefix, prefix stripped
+                                 (e.g. "ckpt.npz:params", "ckpt.npz:opt/target")
+
+relative (to the current directory) or absolute, with `~` expanded. orbax needs absolute paths;
+the resolver makes them, so users never have to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from vitx.utils import npz
+
+__all__ = ["Resolved", "load_params", "parse_spec", "read_run_config", "resolve"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """Where a checkpoint spec points.
+
+    Attributes:
+      spec: the spec as given.
+      kind: "orbax" (a vitx checkpoint directory) or "npz".
+      path: absolute path of the .npz file, or of the orbax `checkpoints` directory.
+      step: the step to read (orbax: the latest finalized one unless the spec names one; npz:
+        None).
+      subtree: '/'-prefix of the params to keep, or None.
+      workdir: the run's workdir (holding config.json) for orbax specs, else None.
+    """
+
+    spec: str
+    kind: str
+    path: str
+    step: int | None
+    subtree: str | None
+    workdir: str | None
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """'path[:subtree]' -> (path, subtree or None).
+
+    The subtree is the part after the last ':' unless that part starts with '/' (so URLs such as
+    "gs://bucket/x.npz" stay whole paths), e.g. "/abs/ckpt.npz:params" -> ("/abs/ckpt.npz",
+    "params"), "ckpt.npz:opt/target" -> ("ckpt.npz", "opt/target"), "/abs/ckpt.npz" ->
+    ("/abs/ckpt.npz", None).
+
+    Raises:
+      ValueError: an empty spec, path or subtree ("x.npz:").
+    """
+    if not spec:
+        raise ValueError("checkpoint spec is empty; pass 'path' or 'path:subtree'")
+    head, sep, tail = spec.rpartition(":")
+    if not sep or tail.startswith(("/", "\\")):
+        return spec, None
+    if not head or not tail.strip("/"):
+        raise ValueError(f"checkpoint spec {spec!r} has an empty path or subtree; pass "
+                         f"'path' or 'path:subtree' (e.g. 'ckpt.npz:params')")
+    return head, tail.strip("/")
+
+
+def _steps(directory: str) -> list[int]:
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory)
+                  if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def resolve(spec: str) -> Resolved:
+    """Resolve a checkpoint spec (see the module docstring) without reading any params.
+
+    Raises:
+      FileNotFoundError: nothing checkpoint-like at that path; the message names the spec and
+        the forms that are accepted.
+      ValueError: a malformed spec (see `parse_spec`).
+    """
+    raw, subtree = parse_spec(spec)
+    path = os.path.abspath(os.path.expanduser(raw))
+    if path.endswith(".npz"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {spec!r}: no such file {path}; fix the path")
+        return Resolved(spec, "npz", path, None, subtree, None)
+    parent, base = os.path.split(path)
+    if base.isdigit() and _steps(parent) and int(base) in _steps(parent):  # .../checkpoints/STEP
+        ckpt_dir, step = parent, int(base)
+    else:
+        ckpt_dir = next((c for c in (os.path.join(path, "checkpoints"), path) if _steps(c)), None)
+        if ckpt_dir is None:
+            raise FileNotFoundError(
+                f"checkpoint {spec!r} ({path}) holds no vitx checkpoint; pass a workdir of a run "
+                f"(WORKDIR, WORKDIR/checkpoints or WORKDIR/checkpoints/STEP) or a .npz file")
+        mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
+            read_only=True))
+        step = mngr.latest_step()
+        mngr.close()
+        if step is None:
+            raise FileNotFoundError(f"checkpoint {spec!r} ({ckpt_dir}) holds no finalized "
+                                    f"checkpoint; let the run save one, or pass a .npz file")
+    workdir = os.path.dirname(ckpt_dir) if os.path.basename(ckpt_dir) == "checkpoints" else None
+    return Resolved(spec, "orbax", ckpt_dir, step, subtree, workdir)
+
+
+def _subtree(params: Any, subtree: str | None, spec: str) -> Any:
+    for part in (subtree or "").split("/") if subtree else []:
+        if not isinstance(params, dict) or part not in params:
+            tops = sorted(params) if isinstance(params, dict) else []
+            raise ValueError(f"checkpoint {spec!r}: subtree {subtree!r} not found; the names "
+                             f"at that level are {tops}; pass one of them (path:subtree)")
+        params = params[part]
+    return params
+
+
+def load_params(spec: str | Resolved) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The params of a checkpoint as a nested dict of host numpy arrays, and its metadata.
+
+    Orbax checkpoints are restored as numpy whatever mesh or device count wrote them; their
+    metadata is the run's `meta` item (step, examples_seen, config). For .npz files the layout
+    is detected (`vitx.utils.npz.load_npz`) and the metadata is `{"step": None}`.
+
+    Raises:
+      FileNotFoundError: see `resolve`.
+      ValueError: a malformed spec, a subtree that is not there, an unreadable .npz.
+    """
+    r = resolve(spec) if isinstance(spec, str) else spec
+    if r.kind == "npz":
+        return npz.load_npz(r.path, subtree=r.subtree), {"step": None}
+    mngr = ocp.CheckpointManager(
+        r.path, options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+    tree = mngr.item_metadata(r.step)["state"].tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    out = mngr.restore(r.step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(restore_args=restore_args), meta=ocp.args.JsonRestore()))
+    mngr.close()
+    return _subtree(out["state"]["params"], r.subtree, r.spec), dict(out["meta"])
+
+
+def read_run_config(spec: str | Resolved) -> dict[str, Any]:
+    """The `config.json` of the run a checkpoint spec belongs to (e.g. a distillation teacher).
+
+    Raises:
+      FileNotFoundError: the spec is not inside a vitx workdir with a config.json.
+    """
+    r = resolve(spec) if isinstance(spec, str) else spec
+    path = os.path.join(r.workdir, "config.json") if r.workdir else None
+    if path is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {r.spec!r} is not a vitx workdir with a "
+                                f"config.json; pass the workdir of a finished vitx run")
+    with open(path) as f:
+        return json.load(f)
