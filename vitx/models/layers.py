@@ -2,7 +2,7 @@
 
 Parameter names follow big_vision's ViT (`Transformer/encoderblock_{i}/MlpBlock_0/Dense_0/kernel`,
 ...) so checkpoints map to and from big_vision and vit_jax with renames only
-(see `vitx.train.transfer`).
+(see `vitx.utils.npz`).
 
 Sources: Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021, Sec. 3.1, eqs. 1-4
 (pre-LN encoder, GELU MLP); Zhai et al., "Scaling Vision Transformers", CVPR 2022, Sec. 3.2

@@ -304,7 +304,7 @@ def load_npz(path: str | os.PathLike[str], layout: str = "auto",
     "Transformer"), prefix stripped, before the layout is applied. `layout` "auto" uses
     `detect_layout`; "vit_jax" -> `from_vit_jax`, "big_vision" -> `from_big_vision` (strips
     "params/"), "vitx" -> names as stored. Blocks stay as stored (scanned or not; see
-    `adapt_for_finetune` / `stack_blocks`).
+    `vitx.models.vit.adapt_params` / `stack_blocks`).
 
     Raises:
       FileNotFoundError: `path` does not exist.

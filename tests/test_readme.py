@@ -1,0 +1,92 @@
+"""The README is executable: every command of its ```bash blocks runs, verbatim and in order.
+
+The repo is copied to a temporary folder (its `.venv` linked, so nothing is installed again),
+`.venv/bin` is put first on PATH, and each command runs with relative paths exactly as written,
+with only small-step overrides appended (`SMALL`): training and benchmarks are shortened, never
+changed. A command the test must not run (the test suite itself, a pod launch) carries the
+comment `# readme-test: skip` in the README, and is skipped by that mark. A command that exits
+non-zero fails the test, with its output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP_MARK = "# readme-test: skip"
+# Appended to commands of these forms so they finish in seconds (steps only; nothing else).
+_TRAIN = ("--config.total_steps=3 --config.schedule.warmup_steps=1 "
+          "--config.checkpoint.every_steps=0 --config.eval_every_steps=0 "
+          "--config.log_every_steps=1")
+SMALL = [
+    (re.compile(r"^make train\b"), f'ARGS="{_TRAIN}"'),
+    (re.compile(r"\bvitx train\b"), _TRAIN),
+    (re.compile(r"\bvitx bench\b"), "--steps 1"),
+]
+
+
+def readme_commands(text: str) -> list[str]:
+    """The commands of the README's ```bash blocks, in order (continuation lines joined)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        joined = re.sub(r"\\\n\s*", "", block)
+        for line in joined.splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                commands.append(line.strip())
+    return commands
+
+
+def with_small_steps(command: str) -> str:
+    cmd = command.split(" #", 1)[0].rstrip()
+    for pattern, extra in SMALL:
+        if pattern.search(cmd):
+            return f"{cmd} {extra}"
+    return cmd
+
+
+def test_readme_parser():
+    text = "x\n```bash\na --b \\\n   c  # note\n# comment\nd\n```\n```python\ne\n```\n"
+    assert readme_commands(text) == ["a --b c  # note", "d"]
+    assert with_small_steps("make train   # trains") == f'make train ARGS="{_TRAIN}"'
+    assert with_small_steps("vitx train --config c.py").endswith("--config.log_every_steps=1")
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory) -> str:
+    dst = str(tmp_path_factory.mktemp("readme") / "vitx")
+    ignore = shutil.ignore_patterns(".venv", ".git", "data", "workdirs", "__pycache__",
+                                    ".pytest_cache", ".ruff_cache", "*.egg-info")
+    shutil.copytree(ROOT, dst, ignore=ignore)  # copy2 keeps mtimes: make sees the install
+    os.symlink(os.path.join(ROOT, ".venv"), os.path.join(dst, ".venv"))
+    # `make` must see the install as up to date, or it would reinstall the shared venv from
+    # the copy.
+    stamp = os.path.join(ROOT, ".venv", ".installed")
+    assert os.path.getmtime(stamp) >= os.path.getmtime(os.path.join(dst, "pyproject.toml")), (
+        "the .venv is older than pyproject.toml: run `make install` (or `make test`) first")
+    return dst
+
+
+def test_every_readme_command_runs_as_written(repo_copy):
+    with open(os.path.join(ROOT, "README.md")) as f:
+        commands = readme_commands(f.read())
+    assert len(commands) >= 8, commands
+    env = dict(os.environ, PATH=os.path.join(repo_copy, ".venv", "bin") + os.pathsep
+               + os.environ["PATH"])
+    env.pop("XLA_FLAGS", None)
+    ran = []
+    for command in commands:
+        if SKIP_MARK in command:
+            continue
+        cmd = with_small_steps(command)
+        out = subprocess.run(["bash", "-c", cmd], cwd=repo_copy, env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, (f"README command failed ({out.returncode}): {cmd}\n"
+                                     f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        ran.append(shlex.split(cmd)[0])
+    assert "make" in ran and "vitx" in ran
