@@ -197,7 +197,9 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
-REQUIRED_KEYS = ("model_name", "num_classes", "input", "total_steps", "lr", "mesh")
+REQUIRED_KEYS = ("model_name", "lr", "mesh")
+#: Single-task configs also need these; multi-task ones have `multitask.tasks` instead.
+SINGLE_TASK_KEYS = ("num_classes", "input", "total_steps")
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
@@ -206,22 +208,30 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     Raises:
       ConfigError: a missing key, or a batch size not divisible by the number of devices.
     """
-    for key in REQUIRED_KEYS:
+    multi = bool(config.get("multitask"))
+    for key in REQUIRED_KEYS + (() if multi else SINGLE_TASK_KEYS):
         if key not in config:
             raise ConfigError(f"config key {key!r} is missing; add it to the config file")
-    bs = config.input.batch_size
-    if bs <= 0 or bs % num_devices:
-        raise ConfigError(f"input.batch_size={bs} is not divisible by the {num_devices} devices; "
-                          f"use a positive multiple of {num_devices}")
+    if multi:
+        sizes = {f"multitask.tasks[{i}].input.batch_size": t.input.batch_size
+                 for i, t in enumerate(config.multitask.tasks)}
+    else:
+        sizes = {"input.batch_size": config.input.batch_size}
+    for key, bs in sizes.items():
+        if bs <= 0 or bs % num_devices:
+            raise ConfigError(f"{key}={bs} is not divisible by the {num_devices} devices; "
+                              f"use a positive multiple of {num_devices}")
+    default_bs = next(iter(sizes.values()))
     for name, ev in (config.get("evals") or {}).items():
-        ebs = ev.get("batch_size", bs)
+        ebs = ev.get("batch_size", default_bs)
         if ebs <= 0 or ebs % num_devices:
             raise ConfigError(f"evals.{name}.batch_size={ebs} is not divisible by the "
                               f"{num_devices} devices; use a positive multiple of {num_devices}")
     accum = config.get("grad_accum_steps", 1)
-    if accum < 1 or bs % (accum * num_devices):
-        raise ConfigError(f"grad_accum_steps={accum}: input.batch_size={bs} must be divisible by "
-                          f"grad_accum_steps * devices = {accum * num_devices}")
+    for key, bs in sizes.items():
+        if accum < 1 or bs % (accum * num_devices):
+            raise ConfigError(f"grad_accum_steps={accum}: {key}={bs} must be divisible by "
+                              f"grad_accum_steps * devices = {accum * num_devices}")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

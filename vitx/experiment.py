@@ -15,14 +15,13 @@ import numpy as np
 from vitx import evaluators
 from vitx.config import ConfigError
 from vitx.train import sharding as shd
-from vitx.train import state as state_lib
 from vitx.train import trainer
 from vitx.utils import checkpoints, tree
 
 
 def _make_evaluators(config: ml_collections.ConfigDict) -> Any:
-    def make(**kw: Any) -> list:
-        return evaluators.from_config(config.get("evals"), evaluators.EvalContext(**kw))
+    def make(context_for: Any) -> list:
+        return evaluators.from_config(config.get("evals"), context_for)
     return make
 
 
@@ -57,15 +56,21 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str) -> dict[str, fl
                          "split=..., pp=...)")
     loaded, meta = checkpoints.load_params(checkpoint)
     s = trainer.setup(config)
-    shapes = state_lib.abstract_params(s.model, s.task, s.spec, dict(s.plan(0)))
-    template = jax.tree.map(lambda x: np.broadcast_to(np.zeros((), x.dtype), x.shape), shapes)
-    params = tree.merge_params(template, loaded)  # strict; the template costs no memory
-    param_shardings = shd.tree_shardings(params, s.mesh, list(config.get("sharding_rules") or []))
-    params = jax.device_put(params, param_shardings)
-    ctx = evaluators.EvalContext(
-        predict_fn=s.predict_fn, task=s.task, mesh=s.mesh, param_shardings=param_shardings,
-        data_dir=config.get("data_dir"), default_batch_size=config.input.batch_size)
+    abstract, _ = s.init_state(materialize=False)
+    template = jax.tree.map(lambda x: np.broadcast_to(np.zeros((), x.dtype), x.shape),
+                            trainer.variables_of(abstract))
+    # Strict: the params (and batch statistics, if the model has them) must fit the model.
+    loaded = {"params": loaded, **checkpoints.load_model_state(checkpoint)}
+    variables = tree.merge_params(template, loaded)  # the template costs no memory
+    variable_shardings = shd.tree_shardings(variables, s.mesh,
+                                            list(config.get("sharding_rules") or []))
+    variables = jax.device_put(variables, variable_shardings)
+
+    def context_for(name: str | None) -> dict[str, Any]:
+        return dict(predict_fn=s.predict_fn_for(name), task=s.routes[name].task, mesh=s.mesh,
+                    variable_shardings=variable_shardings, data_dir=config.get("data_dir"),
+                    default_batch_size=s.routes[name].input.batch_size)
     metrics: dict[str, float] = {} if meta.get("step") is None else {"step": float(meta["step"])}
-    for ev in evaluators.from_config(config.evals, ctx):
-        metrics.update(ev.run(params))
+    for ev in evaluators.from_config(config.evals, context_for):
+        metrics.update(ev.run(variables))
     return metrics

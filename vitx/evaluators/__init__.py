@@ -3,11 +3,13 @@
     config.evals.<name> = dict(type="classification", dataset=..., split=..., pp=...,
                                batch_size=..., label_subset=None)
     config.evals.<name> = dict(type="per_patch_size", patch_sizes=(4, 8, 16), ...)  # FlexiViT
+    config.evals.<name> = dict(type="classification", task="video_direction", ...)  # multi-task
 
-Every evaluator receives an `EvalContext`: a predict function `(params, batch, **static_kw) ->
-logits` (built by the caller from the model and the task), the task (which keys it reads, its
+Every evaluator receives an `EvalContext`: a predict function `(variables, batch, **static_kw)
+-> logits` (variables: {"params": ..., plus state such as "batch_stats"}; built by the caller
+from the model and the task), the task (which keys it reads, its
 loss and hit), the mesh and the data settings. An evaluator module defines
-`Evaluator(name, cfg, ctx)` with `run(params, *, final=False) -> {metric name: float}`.
+`Evaluator(name, cfg, ctx)` with `run(variables, *, final=False) -> {metric name: float}`.
 Add one: write `vitx/evaluators/<type>.py` and list it in `EVALUATORS`.
 """
 
@@ -34,10 +36,10 @@ class EvalContext:
     """What every evaluator gets.
 
     Attributes:
-      predict_fn: (params, batch, **static_kw) -> logits (B, K); jittable.
+      predict_fn: (variables, batch, **static_kw) -> logits (B, K); jittable.
       task: the `vitx.tasks` task (model inputs, per-example loss and top-1 hit).
       mesh: the device mesh (batches are sharded over its batch axes).
-      param_shardings: shardings of the params passed to `run`.
+      variable_shardings: shardings of the variables passed to `run`.
       data_dir: TFDS data_dir.
       default_batch_size: the batch size of evals that set none.
       workdir: where evaluators may write files (plots), or None.
@@ -46,14 +48,18 @@ class EvalContext:
     predict_fn: Callable[..., jax.Array]
     task: Any
     mesh: jax.sharding.Mesh
-    param_shardings: Any
+    variable_shardings: Any
     data_dir: str | None
     default_batch_size: int
     workdir: str | None = None
 
 
-def from_config(evals: ml_collections.ConfigDict | None, ctx: EvalContext) -> list[Any]:
+def from_config(evals: ml_collections.ConfigDict | None,
+                context_for: Callable[[str | None], dict[str, Any]]) -> list[Any]:
     """One evaluator per entry of `config.evals`, in order.
+
+    `context_for(task)` gives the `EvalContext` fields for an entry's `task` (a task name of a
+    multi-task config; None for single-task configs).
 
     Raises:
       ValueError: an unknown `type` (the message lists the known ones) or a bad entry.
@@ -64,5 +70,6 @@ def from_config(evals: ml_collections.ConfigDict | None, ctx: EvalContext) -> li
         if kind not in EVALUATORS:
             raise ValueError(f"evals.{name}.type={kind!r} does not exist; use one of "
                              f"{sorted(EVALUATORS)}")
+        ctx = EvalContext(**context_for(cfg.get("task")))
         out.append(importlib.import_module(EVALUATORS[kind]).Evaluator(name, cfg, ctx))
     return out

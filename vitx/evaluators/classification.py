@@ -44,15 +44,15 @@ class Evaluator:
         self.batch_sharding = shd.batch_sharding(ctx.mesh)
         task, predict = ctx.task, ctx.predict_fn
 
-        def sums(params: Any, batch: dict, **model_kw: Any) -> dict:
-            logits = predict(params, batch, **model_kw)
+        def sums(variables: Any, batch: dict, **model_kw: Any) -> dict:
+            logits = predict(variables, batch, **model_kw)
             mask = batch.get(pipeline.MASK_KEY, jnp.ones(logits.shape[:1])).astype(jnp.float32)
             return {"correct": jnp.sum(task.correct(logits, batch) * mask),
                     "loss": jnp.sum(task.loss(logits, batch) * mask),
                     "count": jnp.sum(mask)}
         self.cache = steps.StepCache(
             lambda plan: functools.partial(sums, **dict(plan)),
-            in_shardings=(ctx.param_shardings, self.batch_sharding),
+            in_shardings=(ctx.variable_shardings, self.batch_sharding),
             out_shardings=shd.replicated(ctx.mesh))
 
     @property
@@ -60,19 +60,19 @@ class Evaluator:
         """Per-example shape of the model input (`task.inputs`) of this split."""
         return tuple(int(d) for d in self.ds.element_spec[self.ctx.task.inputs].shape[1:])
 
-    def evaluate(self, params: Any, plan: tuple = ()) -> dict[str, float]:
+    def evaluate(self, variables: Any, plan: tuple = ()) -> dict[str, float]:
         """{"accuracy", "loss", "count"} over the split, the model run with `dict(plan)`."""
         fn = self.cache(plan)
         totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}  # summed on device
         for batch in pipeline.global_batches(self.ds, self.batch_sharding):
-            totals = jax.tree.map(jnp.add, totals, fn(params, batch))
+            totals = jax.tree.map(jnp.add, totals, fn(variables, batch))
         totals = {k: float(v) for k, v in jax.device_get(totals).items()}
         n = max(totals["count"], 1.0)
         return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n,
                 "count": totals["count"]}
 
-    def run(self, params: Any, *, final: bool = False) -> dict[str, float]:
+    def run(self, variables: Any, *, final: bool = False) -> dict[str, float]:
         """`{name}/accuracy` and `{name}/loss`."""
         del final
-        res = self.evaluate(params)
+        res = self.evaluate(variables)
         return {f"{self.name}/accuracy": res["accuracy"], f"{self.name}/loss": res["loss"]}

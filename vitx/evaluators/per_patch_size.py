@@ -37,10 +37,10 @@ class Evaluator(classification.Evaluator):
         validate_patch_sizes(self.patch_sizes, self.input_shape[:2],
                              key=f"evals.{name}.patch_sizes")
 
-    def run(self, params: Any, *, final: bool = False) -> dict[str, float]:
+    def run(self, variables: Any, *, final: bool = False) -> dict[str, float]:
         metrics: dict[str, float] = {}
         for ps in self.patch_sizes:
-            res = self.evaluate(params, (("patch_size", ps),))
+            res = self.evaluate(variables, (("patch_size", ps),))
             metrics[f"{self.name}/accuracy@{ps}"] = res["accuracy"]
             metrics[f"{self.name}/loss@{ps}"] = res["loss"]
         accs = [metrics[f"{self.name}/accuracy@{p}"] for p in self.patch_sizes]

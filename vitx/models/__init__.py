@@ -14,6 +14,10 @@ import flax.linen as nn
 MODELS = {
     "vit": "vitx.models.vit",
     "flexivit": "vitx.models.flexi",
+    "resnet": "vitx.models.resnet",
+    "hybrid": "vitx.models.hybrid",
+    "vit_hybrid": "vitx.models.hybrid",
+    "coatnet": "vitx.models.coatnet",
 }
 
 

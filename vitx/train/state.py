@@ -3,6 +3,7 @@
 The train state is a plain dict (orbax-friendly)::
 
     {"params": tree, "opt_state": tree, "step": int32 (), "rng": uint32 (2,)}
+    (+ "model_state": {"batch_stats": tree} for models with batch statistics, e.g. BatchNorm)
 
 `abstract_params` is used by train, eval and bench alike: the model is initialised (abstractly,
 with `jax.eval_shape`, so it costs no memory) on a dummy batch of one example of each key of the
@@ -30,12 +31,13 @@ def dummy_batch(spec: ExampleSpec) -> dict[str, jax.Array]:
     return {k: jnp.zeros((1, *shape), dtype) for k, (shape, dtype) in spec.items()}
 
 
-def init_params_fn(model: Any, task: Any, spec: ExampleSpec, model_kw: Mapping[str, Any]
-                   ) -> Any:
-    """rng -> params: `model.init` on `task.model_inputs(dummy_batch(spec))` with `model_kw`."""
+def init_variables_fn(model: Any, task: Any, spec: ExampleSpec, model_kw: Mapping[str, Any]
+                      ) -> Any:
+    """rng -> variables ({"params": ..., and e.g. "batch_stats": ...}): `model.init` on
+    `task.model_inputs(dummy_batch(spec))` with `model_kw`."""
     def init(rng: jax.Array) -> Any:
-        return model.init(rng, task.model_inputs(dummy_batch(spec)), train=False,
-                          **model_kw)["params"]
+        return dict(model.init(rng, task.model_inputs(dummy_batch(spec)), train=False,
+                               **model_kw))
     return init
 
 
@@ -46,8 +48,8 @@ def abstract_params(model: Any, task: Any, spec: ExampleSpec,
     Raises:
       ValueError: the model rejects the input (e.g. a patch size that does not divide it).
     """
-    init = init_params_fn(model, task, spec, model_kw or {})
-    return jax.eval_shape(init, jax.random.PRNGKey(0))
+    init = init_variables_fn(model, task, spec, model_kw or {})
+    return jax.eval_shape(init, jax.random.PRNGKey(0))["params"]
 
 
 def init_state(config: ml_collections.ConfigDict, model: Any, task: Any, tx: Any,
@@ -62,12 +64,16 @@ def init_state(config: ml_collections.ConfigDict, model: Any, task: Any, tx: Any
     rules = list(config.get("sharding_rules") or [])
     rng = jax.random.PRNGKey(config.get("seed", 0))
     init_rng, train_rng = jax.random.split(rng)
-    init = init_params_fn(model, task, spec, model_kw)
+    init = init_variables_fn(model, task, spec, model_kw)
 
     def make_state(r: jax.Array) -> dict:
-        params = init(r)
-        return {"params": params, "opt_state": tx.init(params),
-                "step": jnp.zeros((), jnp.int32), "rng": train_rng}
+        variables = init(r)
+        params = variables.pop("params")
+        state = {"params": params, "opt_state": tx.init(params),
+                 "step": jnp.zeros((), jnp.int32), "rng": train_rng}
+        if variables:  # batch statistics and other non-trained collections
+            state["model_state"] = variables
+        return state
 
     abstract = jax.eval_shape(make_state, init_rng)
     state_shardings = shd.tree_shardings(abstract, mesh, rules)

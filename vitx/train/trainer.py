@@ -32,10 +32,10 @@ from absl import logging as absl_logging
 from clu import metric_writers, parameter_overview
 
 from vitx import config as config_lib
-from vitx import models, tasks
+from vitx import models
 from vitx.data import pipeline
 from vitx.train import checkpoint as ckpt_lib
-from vitx.train import optim, plugins, steps
+from vitx.train import multitask, optim, plugins, steps
 from vitx.train import sharding as shd
 from vitx.train import state as state_lib
 from vitx.train.writers import TextWriter, fmt
@@ -91,12 +91,12 @@ class Setup:
     Attributes:
       config: the config, with `total_steps` resolved.
       mesh: the device mesh.
-      module: the model module (`Model`, `load`, `check_input`).
+      module: the model module (`Model`, `load`, `check_input`, optionally `active_mask`).
       model: the flax module.
-      task: the `vitx.tasks` task.
-      spec: the train data's example spec {key: (shape, dtype)}.
-      plugins: the active plugins; `plan` their per-step plan.
+      routes: {task name: `multitask.Route`} ({None: route} for a single-task config).
+      plugins: the active plugins (the task schedule first); `plan` their per-step plan.
       tx, schedule, frozen: optimizer, lr schedule, frozen-param mask.
+      param_shapes: the params' abstract shapes.
       state_shardings: shardings of the train state.
     """
 
@@ -104,24 +104,78 @@ class Setup:
     mesh: Any
     module: Any
     model: Any
-    task: Any
-    spec: dict
+    routes: dict
     plugins: list
     plan: plugins.StepPlan
     tx: Any
     schedule: Any
     frozen: Any
-    state_shardings: Any
+    param_shapes: Any = None
+    state_shardings: Any = None
 
-    def predict_fn(self, params: Any, batch: dict, **model_kw: Any) -> jax.Array:
-        """(params, batch, **static_kw) -> logits: the model in eval mode on the task's inputs."""
-        logits, _ = self.model.apply({"params": params}, self.task.model_inputs(batch),
-                                     train=False, **model_kw)
-        return logits
+    @property
+    def main(self) -> multitask.Route:
+        """The first route: its data shapes and model kwargs initialise the model."""
+        return next(iter(self.routes.values()))
+
+    @property
+    def task(self) -> Any:
+        return self.main.task
+
+    @property
+    def spec(self) -> dict:
+        return self.main.spec
+
+    def route_plan(self, plan: tuple) -> tuple[list, dict]:
+        """(the routes a plan trains, the plugins' other static choices)."""
+        p = dict(plan)
+        names = p.pop("tasks", (None,))
+        return [self.routes[n] for n in names], p
+
+    def predict_fn_for(self, name: str | None = None) -> Any:
+        """(variables, batch, **static_kw) -> logits of task `name`, the model in eval mode.
+
+        `variables` = {"params": ..., plus the model's state collections (batch_stats)}."""
+        if name not in self.routes:
+            raise config_lib.ConfigError(f"evaluator task={name!r} is not a task of this config; "
+                                         f"use one of {[n for n in self.routes if n]}")
+        r = self.routes[name]
+
+        def predict(variables: Any, batch: dict, **model_kw: Any) -> jax.Array:
+            logits, _ = self.model.apply(variables, r.task.model_inputs(batch),
+                                         train=False, **{**r.model_kw, **model_kw})
+            return logits
+        return predict
 
     def init_state(self, materialize: bool = True) -> tuple[dict, Any]:
+        kw = {**self.main.model_kw, **self.route_plan(self.plan(0))[1]}
         return state_lib.init_state(self.config, self.model, self.task, self.tx, self.spec,
-                                    self.mesh, dict(self.plan(0)), materialize=materialize)
+                                    self.mesh, kw, materialize=materialize)
+
+    def make_step(self, plan: tuple, extra_loss: Any = None) -> Any:
+        """The python train step of one plan: its routes' losses (summed or averaged when the
+        plan trains several), their masked update and learning-rate multiplier."""
+        rs, kw = self.route_plan(plan)
+        losses = [steps.make_loss_fn(self.model, r.task, {**r.model_kw, **kw},
+                                     extra_loss=extra_loss) for r in rs]
+        loss_fn = losses[0] if len(rs) == 1 else steps.multi_task_loss(
+            losses, (self.config.get("multitask") or {}).get("accumulate", "sum"))
+        active = None
+        if rs[0].name is not None and hasattr(self.module, "active_mask"):
+            masks = [self.module.active_mask(self.param_shapes, **r.model_kw) for r in rs]
+            active = jax.tree.map(lambda *a: any(a), *masks)
+        return steps.build_train_step(
+            loss_fn, self.tx, accum_steps=self.config.get("grad_accum_steps", 1),
+            frozen=self.frozen, schedule=self.schedule, active=active,
+            lr_mult=rs[0].lr_mult if len(rs) == 1 else 1.0)
+
+    def batch_size(self, plan: tuple) -> int:
+        return sum(r.input.batch_size for r in self.route_plan(plan)[0])
+
+
+def variables_of(state: dict) -> dict:
+    """The model's variables in a train state: {"params": ..., **state["model_state"]}."""
+    return {"params": state["params"], **state.get("model_state", {})}
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
@@ -132,37 +186,45 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     """
     mesh = shd.make_mesh(config.mesh)
     config_lib.validate(config, num_devices=mesh.size)
-    inp = config.input
-    data_dir = config.get("data_dir")
-    n_train = pipeline.num_examples(name=inp.dataset, split=inp.split, data_dir=data_dir,
-                                    label_subset=inp.get("label_subset"))
+    routes = multitask.routes_from_config(config)
+    task_plan = multitask.task_plan(config, routes)
     config.unlock()
-    config.total_steps = total_steps_of(config, n_train)  # resolved (schedules read it)
+    if task_plan is not None:
+        config.total_steps = len(task_plan.schedule)
+    else:
+        inp = config.input
+        n_train = pipeline.num_examples(name=inp.dataset, split=inp.split,
+                                        data_dir=config.get("data_dir"),
+                                        label_subset=inp.get("label_subset"))
+        config.total_steps = total_steps_of(config, n_train)  # resolved (schedules read it)
     try:
         module = models.get_model_module(config.model_name)
-        task = tasks.get_task(config.get("task"), config.num_classes)
     except ValueError as e:
         raise config_lib.ConfigError(str(e)) from None
-    spec = pipeline.element_spec(name=inp.dataset, split=inp.split, data_dir=data_dir,
-                                 pp=inp.pp, label_subset=inp.get("label_subset"))
-    if task.inputs not in spec:
-        raise config_lib.ConfigError(f"task.inputs={task.inputs!r} is not a key of the batches "
-                                     f"made by input.pp (keys: {sorted(spec)}); fix one of them")
-    try:
-        module.check_input(config.get("model") or {}, spec[task.inputs][0])
-    except ValueError as e:
-        raise config_lib.ConfigError(str(e)) from None
-    model = models.build_model(config.model_name, config.num_classes,
+    for r in routes.values():
+        if r.task.inputs not in r.spec and not isinstance(r.task.inputs, tuple):
+            raise config_lib.ConfigError(
+                f"task {r.name}: task.inputs={r.task.inputs!r} is not a key of the batches made "
+                f"by its input.pp (keys: {sorted(r.spec)}); fix one of them")
+        shape = r.spec[r.task.inputs][0] if r.task.inputs in r.spec else None
+        try:
+            module.check_input(config.get("model") or {}, shape)
+        except ValueError as e:
+            raise config_lib.ConfigError(str(e)) from None
+    model = models.build_model(config.model_name, config.get("num_classes"),
                                **(config.get("model") or {}))
-    ctx = plugins.SetupContext(config=config, mesh=mesh, task=task, spec=spec)
-    active = plugins.from_config(config, ctx)
+    main = next(iter(routes.values()))
+    ctx = plugins.SetupContext(config=config, mesh=mesh, task=main.task, spec=main.spec)
+    active = ([task_plan] if task_plan else []) + plugins.from_config(config, ctx)
     plan = plugins.StepPlan(active)
+    s = Setup(config=config, mesh=mesh, module=module, model=model, routes=routes,
+              plugins=active, plan=plan, tx=None, schedule=optim.make_schedule(config),
+              frozen=None)
     # Params first (for the optimizer's masks), then the whole state's shardings.
-    param_shapes = state_lib.abstract_params(model, task, spec, dict(plan(0)))
-    tx = optim.make_optimizer(config, param_shapes)
-    s = Setup(config=config, mesh=mesh, module=module, model=model, task=task, spec=spec,
-              plugins=active, plan=plan, tx=tx, schedule=optim.make_schedule(config),
-              frozen=optim.frozen_mask(param_shapes, config), state_shardings=None)
+    s.param_shapes = state_lib.abstract_params(
+        model, main.task, main.spec, {**main.model_kw, **s.route_plan(plan(0))[1]})
+    s.tx = optim.make_optimizer(config, s.param_shapes)
+    s.frozen = optim.frozen_mask(s.param_shapes, config)
     _, s.state_shardings = s.init_state(materialize=False)
     return s
 
@@ -171,9 +233,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           make_evaluators: Callable[..., list] | None = None) -> dict[str, float]:
     """Train per `config`, writing to `workdir`; returns the final results.
 
-    `make_evaluators(**kw)` returns evaluators (objects with `run(params, *, final) -> metrics`)
-    given `predict_fn`, `task`, `mesh`, `param_shardings`, `data_dir`, `default_batch_size` and
-    `workdir` (`vitx.experiment.train` passes `vitx.evaluators.from_config`); None: no evals.
+    `make_evaluators(context_for)` returns evaluators (objects with `run(params, *, final) ->
+    metrics`); `context_for(task_name)` gives the keyword arguments of an evaluator's context
+    for that task (None: the single task): `predict_fn`, `task`, `mesh`, `variable_shardings`,
+    `data_dir`, `default_batch_size` and `workdir`. `vitx.experiment.train` passes
+    `vitx.evaluators.from_config`; None: no evals.
 
     Raises:
       ConfigError: bad config (message names the key and the fix); nothing is written then.
@@ -181,13 +245,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     if absl_logging.get_verbosity() > absl_logging.WARNING:  # never more verbose than that
         absl_logging.set_verbosity(absl_logging.WARNING)
     s = setup(config)
-    config, mesh, inp = s.config, s.mesh, s.config.input
+    config, mesh = s.config, s.mesh
     total_steps = config.total_steps
     is_main = jax.process_index() == 0
-    evaluators = [] if make_evaluators is None else make_evaluators(
-        predict_fn=s.predict_fn, task=s.task, mesh=mesh,
-        param_shardings=s.state_shardings["params"], data_dir=config.get("data_dir"),
-        default_batch_size=inp.batch_size, workdir=workdir)
+
+    def context_for(name: str | None = None) -> dict[str, Any]:
+        predict = s.predict_fn_for(name)
+        return dict(predict_fn=predict, task=s.routes[name].task, mesh=mesh,
+                    variable_shardings=variables_of(s.state_shardings),
+                    data_dir=config.get("data_dir"),
+                    default_batch_size=s.routes[name].input.batch_size, workdir=workdir)
+    evaluators = [] if make_evaluators is None else make_evaluators(context_for)
     os.makedirs(workdir, exist_ok=True)  # only now that the config is valid
     if is_main:  # a bad start writes nothing
         print("vitx: resolved config:\n" + config_lib.to_json(config), flush=True)
@@ -215,12 +283,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     if is_main:
         print(parameter_overview.get_parameter_overview(state["params"]), flush=True)
         n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
-        print(f"vitx: {n_params:,} params; {total_steps} steps of batch {inp.batch_size}; "
+        sizes = ", ".join(f"{r.name or 'batch'} {r.input.batch_size}" for r in s.routes.values())
+        print(f"vitx: {n_params:,} params; {total_steps} steps ({sizes}); "
               f"mesh {dict(mesh.shape)}", flush=True)
 
+    text_writer = TextWriter(os.path.join(workdir, "metrics.jsonl"))
     writer = metric_writers.MultiWriter(
-        [metric_writers.SummaryWriter(workdir),
-         TextWriter(os.path.join(workdir, "metrics.jsonl"))] if is_main else [])
+        [metric_writers.SummaryWriter(workdir), text_writer] if is_main else [])
     batch_sharding = shd.batch_sharding(mesh)
     extra_args, extra_shardings = (), ()
     extra_loss = None
@@ -229,10 +298,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         extra_args, extra_shardings = extra_args + values, extra_shardings + shardings
         extra_loss = p.extra_loss or extra_loss
 
+    # Batches of a plan: one batch, or a tuple of one per task (the "accumulated" schedule).
     train_steps = steps.StepCache(
-        lambda plan: steps.make_train_step(
-            s.model, s.tx, s.task, accum_steps=config.get("grad_accum_steps", 1),
-            frozen=s.frozen, schedule=s.schedule, model_kw=dict(plan), extra_loss=extra_loss),
+        lambda plan: s.make_step(plan, extra_loss),
         in_shardings=(state_shardings, batch_sharding, *extra_shardings),
         out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=(0,))
     planned = not s.plan.is_static
@@ -240,7 +308,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     def run_evals(step: int, final: bool = False) -> dict[str, float]:
         metrics: dict[str, float] = {}
         for ev in evaluators:
-            metrics.update(ev.run(state["params"], final=final and is_main))
+            metrics.update(ev.run(variables_of(state), final=final and is_main))
         if metrics:
             writer.write_scalars(step, metrics)
         return metrics
@@ -248,16 +316,31 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     def save(step: int) -> None:
         if checkpointer.latest_step() == step:  # e.g. a stop signal on a periodic-save step
             return
-        meta = {"step": step, "examples_seen": step * inp.batch_size,
-                "config": config.to_dict()}
+        done = batches_before(step)
+        meta = {"step": step, "config": config.to_dict(),
+                "examples_seen": sum(done[n] * r.input.batch_size for n, r in s.routes.items())}
         checkpointer.save(step, state, meta)
 
-    ds = pipeline.build_dataset(
-        name=inp.dataset, split=inp.split, data_dir=config.get("data_dir"), pp=inp.pp,
-        global_batch_size=inp.batch_size, train=True, seed=config.get("seed", 0),
-        start_step=start_step, shuffle_buffer=inp.get("shuffle_buffer", 10_000),
-        cache=inp.get("cache", True), label_subset=inp.get("label_subset"))
-    batches = pipeline.global_batches(ds, batch_sharding)
+    def batches_before(step: int) -> dict[str | None, int]:
+        """Batches each task consumed in steps [0, step): where its input stream resumes."""
+        return (s.plugins[0].batches_before(step) if config.get("multitask")
+                else {None: step})
+
+    # One input stream per task; each resumes after the batches its task consumed.
+    consumed = batches_before(start_step)
+    streams = {}
+    for name, r in s.routes.items():
+        inp = r.input
+        ds = pipeline.build_dataset(
+            name=inp.dataset, split=inp.split, data_dir=config.get("data_dir"), pp=inp.pp,
+            global_batch_size=inp.batch_size, train=True, seed=config.get("seed", 0),
+            start_step=consumed[name], shuffle_buffer=inp.get("shuffle_buffer", 10_000),
+            cache=inp.get("cache", True), label_subset=inp.get("label_subset"))
+        streams[name] = pipeline.global_batches(ds, batch_sharding)
+
+    def next_batch(plan: tuple) -> Any:
+        batches = tuple(next(streams[r.name]) for r in s.route_plan(plan)[0])
+        return batches[0] if len(batches) == 1 else batches
 
     log_every = config.get("log_every_steps", 50)
     eval_every = config.get("eval_every_steps", 0)
@@ -267,21 +350,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     t_start = t_last
     with _StopFlag() as stop:
         while step < total_steps:
-            batch = next(batches)
             plan = s.plan(step)
+            batch = next_batch(plan)
             state, metrics = train_steps(plan)(state, batch, *extra_args)
             step += 1
             if step % log_every == 0 or step == total_steps or step == start_step + 1:
                 metrics = jax.device_get(metrics)
                 now = time.perf_counter()
                 sps = (step - step_last) / max(now - t_last, 1e-9)
-                extra = {"steps_per_sec": sps, "img_per_sec": sps * inp.batch_size,
+                extra = {"steps_per_sec": sps, "img_per_sec": sps * s.batch_size(plan),
                          "eta_min": (total_steps - step) / max(sps, 1e-9) / 60}
                 if planned:
                     extra["compiled_programs"] = train_steps.num_compiled
                     extra.update({k: v for k, v in plan if isinstance(v, int | float)})
+                    text_writer.note = " ".join(f"{k}={','.join(v) if isinstance(v, tuple) else v}"
+                                                for k, v in plan if not isinstance(v, int | float))
                 writer.write_scalars(step, {**{k: float(v) for k, v in metrics.items()},
                                             **extra})
+                text_writer.note = ""
                 t_last, step_last = now, step
                 if not np.isfinite(float(metrics["loss"])):
                     raise FloatingPointError(f"loss is {metrics['loss']} at step {step}; lower "

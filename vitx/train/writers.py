@@ -16,6 +16,7 @@ class TextWriter(mw_interface.MetricWriter):
 
     def __init__(self, jsonl_path: str | None = None):
         self.jsonl_path = jsonl_path
+        self.note = ""  # printed after the step (e.g. "tasks=video_direction"), not in jsonl
 
     def write_summaries(self, step: int, values: Mapping[str, Any],
                         metadata: Mapping[str, Any] | None = None) -> None:
@@ -23,7 +24,7 @@ class TextWriter(mw_interface.MetricWriter):
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         items = " ".join(f"{k}={fmt(v)}" for k, v in sorted(scalars.items()))
-        print(f"[step {step}] {items}", flush=True)
+        print(f"[step {step}] {self.note + ' ' if self.note else ''}{items}", flush=True)
         if self.jsonl_path:
             with open(self.jsonl_path, "a") as f:
                 f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in

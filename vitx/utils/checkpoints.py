@@ -27,7 +27,8 @@ import orbax.checkpoint as ocp
 
 from vitx.utils import npz
 
-__all__ = ["Resolved", "load_params", "parse_spec", "read_run_config", "resolve"]
+__all__ = ["Resolved", "load_model_state", "load_params", "parse_spec", "read_run_config",
+           "resolve"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +140,22 @@ def load_params(spec: str | Resolved) -> tuple[dict[str, Any], dict[str, Any]]:
     r = resolve(spec) if isinstance(spec, str) else spec
     if r.kind == "npz":
         return npz.load_npz(r.path, subtree=r.subtree), {"step": None}
+    state, meta = _restore(r)
+    return _subtree(state["params"], r.subtree, r.spec), meta
+
+
+def load_model_state(spec: str | Resolved) -> dict[str, Any]:
+    """The non-trained collections of a vitx checkpoint (e.g. {"batch_stats": ...}), host numpy;
+    {} for .npz files and models without any.
+
+    Raises:
+      FileNotFoundError / ValueError: see `load_params`.
+    """
+    r = resolve(spec) if isinstance(spec, str) else spec
+    return {} if r.kind == "npz" else dict(_restore(r)[0].get("model_state") or {})
+
+
+def _restore(r: Resolved) -> tuple[dict[str, Any], dict[str, Any]]:
     mngr = ocp.CheckpointManager(
         r.path, options=ocp.CheckpointManagerOptions(read_only=True),
         item_handlers={"state": ocp.PyTreeCheckpointHandler(),
@@ -148,7 +165,7 @@ def load_params(spec: str | Resolved) -> tuple[dict[str, Any], dict[str, Any]]:
     out = mngr.restore(r.step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(restore_args=restore_args), meta=ocp.args.JsonRestore()))
     mngr.close()
-    return _subtree(out["state"]["params"], r.subtree, r.spec), dict(out["meta"])
+    return out["state"], dict(out["meta"])
 
 
 def read_run_config(spec: str | Resolved) -> dict[str, Any]:

@@ -10,7 +10,8 @@ Layouts (names flattened with '/'):
     `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3` (vitx: `_0`, `_1`, `_0`).
     vit_jax -> vitx folds the cls posemb into the cls token (`cls + posemb[:, :1]`), which is
     exact because the cls token is a constant input; vitx -> vit_jax writes a zero cls slot.
-    Names outside the encoder (e.g. a hybrid's `ResNet/...`) pass through unchanged.
+    Names outside the encoder (e.g. a hybrid's `conv_root`, `block1/unit1/...`) pass through
+    unchanged.
 
 `save_npz` / `load_npz` do file I/O (atomic writes); everything else is pure.
 """
