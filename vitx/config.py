@@ -213,7 +213,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
         if key not in config:
             raise ConfigError(f"config key {key!r} is missing; add it to the config file")
     if multi:
-        sizes = {f"multitask.tasks[{i}].input.batch_size": t.input.batch_size
+        sizes = {f"multitask.tasks[{i}].input.batch_size": t["input"]["batch_size"]
                  for i, t in enumerate(config.multitask.tasks)}
     else:
         sizes = {"input.batch_size": config.input.batch_size}

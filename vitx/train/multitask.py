@@ -75,6 +75,7 @@ def routes_from_config(config: ml_collections.ConfigDict) -> dict[str | None, Ro
         out: dict[str | None, Route] = {}
         for i, t in enumerate(config.multitask.tasks):
             key = f"multitask.tasks[{i}]"
+            t = ml_collections.ConfigDict(t)
             unknown = sorted(set(t) - _TASK_KEYS)
             if unknown or "name" not in t or "input" not in t or "num_classes" not in t:
                 raise ConfigError(f"{key} has unknown keys {unknown} or lacks name/input/"

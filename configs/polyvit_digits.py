@@ -1,0 +1,102 @@
+r"""PolyViT on real scans and tones: one encoder co-trained on image, video and audio tasks.
+
+Source: Likhosherstov et al., "PolyViT: Co-training Vision Transformers on Images, Videos and
+Audio", TMLR 2023 (seed 004, WO2023059737A1). One shared transformer encoder, a tokenizer per
+modality (image patches, video tubelets, spectrogram patches), a head per task; every step
+trains one task (or all, "accumulated"), picked by the task schedule; only that path updates.
+
+Tasks (4 tasks, 3 modalities; datasets built offline on first use):
+  digits           image  digits (sklearn's 8x8 scans at 32x32)      10 classes
+  video_digit      video  moving_digits (8 frames of 32x32)          10 classes (the digit)
+  video_direction  video  moving_digits                              8 classes (the motion)
+  dtmf             audio  dtmf_keys (log-mel, 64 frames x 32 mel)    12 classes (the key)
+
+Commands (resumable; the README's PolyViT table):
+
+  vitx train --config configs/polyvit_digits.py:schedule=weighted --workdir workdirs/polyvit \
+      --config.data_dir=data/tfds
+  # the same for schedule=task_by_task | alternating | uniform | accumulated, and the
+  # single-task baselines of the same size and steps:
+  vitx train --config configs/polyvit_digits.py:only=dtmf --workdir workdirs/polyvit_dtmf \
+      --config.data_dir=data/tfds
+
+`--config.multitask.schedule=...` also selects the policy. Arguments: schedule, only (one task
+name: a single-task model with only that tokenizer and head), seed, steps (U_j of every task),
+quick. Expected results and times: the README table "PolyViT" (mean +- std over 3 seeds,
+2-core CPU), made by scripts/polyvit_table.py.
+"""
+
+import os
+
+import ml_collections
+
+from vitx.config import ConfigError, load_config, parse_arg
+
+TASKS = ("digits", "video_digit", "video_direction", "dtmf")
+SCHEDULES = ("task_by_task", "alternating", "uniform", "weighted", "accumulated")
+_IMG = ("decode(channels=1)|resize({s})|{crop}value_range(-1,1)|onehot(10{ls})"
+        "|keep('image', 'label')")
+_VID = "video_value_range(-1,1)|{rename}onehot({k}{ls})|keep('video', 'label')"
+_AUD = ("log_mel(frame_length=256, frame_step=122, num_mel_bins=32, normalize=True)"
+        "|onehot(12{ls})|keep('spectrogram', 'label')")
+
+
+def _task(name: str, steps: int, batch_size: int, train: bool) -> dict:
+    ls = ", label_smoothing=0.1" if train else ""
+    if name == "digits":
+        pp = _IMG.format(s=36 if train else 32, crop="random_crop(32)|" if train else "", ls=ls)
+        return dict(modality="image", inputs="image", num_classes=10, dataset="digits", pp=pp)
+    if name in ("video_digit", "video_direction"):
+        digit = name == "video_digit"
+        pp = _VID.format(rename="rename('digit', 'label')|" if digit else "",
+                         k=10 if digit else 8, ls=ls)
+        return dict(modality="video", inputs="video", num_classes=10 if digit else 8,
+                    dataset="moving_digits", pp=pp)
+    return dict(modality="audio", inputs="spectrogram", num_classes=12, dataset="dtmf_keys",
+                pp=_AUD.format(ls=ls))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg`: schedule=weighted, only=<task> (single-task baseline), seed=0, steps=300, quick."""
+    arg = parse_arg(arg, schedule="weighted", only="", seed=0, steps=300, quick=False)
+    if arg.schedule not in SCHEDULES:
+        raise ConfigError(f"schedule={arg.schedule!r} is unknown; use one of {SCHEDULES}")
+    if arg.only and arg.only not in TASKS:
+        raise ConfigError(f"only={arg.only!r} is not a task; use one of {TASKS}")
+    c = load_config(os.path.join(os.path.dirname(__file__), "vit_digits.py"))
+    c.seed = arg.seed
+    steps = 20 if arg.quick else arg.steps
+    names = [arg.only] if arg.only else list(TASKS)
+    batch_size = 64
+    modalities = {"image": dict(patch_size=(8, 8), input_shape=(32, 32, 1)),
+                  "video": dict(tubelet=(4, 8, 8), input_shape=(8, 32, 32, 1)),
+                  "audio": dict(patch_size=(8, 8), input_shape=(64, 32, 1))}
+    tasks, heads, evals = [], {}, {}
+    for name in names:
+        t, e = _task(name, steps, batch_size, True), _task(name, steps, batch_size, False)
+        heads[name] = dict(modality=t["modality"], num_classes=t["num_classes"])
+        tasks.append(dict(
+            name=name, num_classes=t["num_classes"],
+            task=dict(type="classification", inputs=t["inputs"], labels="label"),
+            model_kw=dict(modality=t["modality"], task=name),
+            input=dict(dataset=t["dataset"], split="train", pp=t["pp"], batch_size=batch_size,
+                       shuffle_buffer=4_000, cache=True),
+            lr_mult=1.0, steps=steps))
+        evals[name] = dict(type="classification", task=name, dataset=e["dataset"], split="test",
+                           pp=e["pp"], batch_size=120)
+    used = {h["modality"] for h in heads.values()}
+    c.model_name = "polyvit"
+    c.num_classes = None
+    c.model = dict(variant=None, width=64, depth=4, mlp_dim=128, num_heads=4,
+                   modalities={m: v for m, v in modalities.items() if m in used},
+                   heads=heads, num_modality_layers=0, dtype_mm="float32")
+    c.multitask = dict(schedule=arg.schedule, accumulate="sum", tasks=tasks)
+    del c["input"], c["task"]
+    c.evals = evals
+    c.total_steps = None
+    c.schedule.warmup_steps = 50 if not arg.quick else 2
+    c.lr = 1e-3
+    c.eval_every_steps = 0
+    c.checkpoint.every_steps = 200
+    c.log_every_steps = 50 if not arg.quick else 5
+    return c
