@@ -12,7 +12,8 @@ cache, data preparation, training, evaluations), interrupted with Ctrl-C at step
 resumed, ending at the identical accuracy and loss. Beside other jobs on the same cores: 304 s
 of training. The SVM baseline on this split: 98.9 %.
 A 60-step smoke run: `--config configs/vit_digits.py:quick` (~1 minute, ~65 %). Arguments:
-`configs/vit_digits.py:variant=S/8,steps=200,quick` (an unknown one is an error listing these).
+`configs/vit_digits.py:variant=S/8,steps=200,seed=1,quick` (an unknown one is an error listing
+these).
 
 Model: a ViT with patch 8 on 32x32 inputs (4x4 = 16 tokens + cls), 6 layers of width 128
 (the "mu" depth with a narrower width; `model.width/depth/mlp_dim/num_heads` override the variant),
@@ -26,11 +27,11 @@ from vitx.config import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """`arg`: comma-separated `variant=mu/8`, `steps=1000`, `quick` (a ~1-minute smoke run),
-    e.g. `configs/vit_digits.py:variant=pico/8,steps=200`."""
-    arg = parse_arg(arg, variant="mu/8", steps=1_000, quick=False)
+    """`arg`: comma-separated `variant=mu/8`, `steps=1000`, `seed=0`, `quick` (a ~1-minute
+    smoke run), e.g. `configs/vit_digits.py:variant=pico/8,steps=200`."""
+    arg = parse_arg(arg, variant="mu/8", steps=1_000, seed=0, quick=False)
     c = ml_collections.ConfigDict()
-    c.seed = 0
+    c.seed = arg.seed
     c.data_dir = ml_collections.FieldReference(None, field_type=str)
 
     c.input = dict(

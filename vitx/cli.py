@@ -40,7 +40,35 @@ def _parser() -> argparse.ArgumentParser:
                    help="WORKDIR, WORKDIR/checkpoints/STEP or file.npz, optionally :subtree")
     x.add_argument("--output", required=True, help="the .npz file to write")
     x.add_argument("--layout", default="vit_jax", choices=("vit_jax", "big_vision", "vitx"))
+    x.add_argument("--task", default=None,
+                   help="multi-task models (PolyViT): keep only what this task needs")
+    x.add_argument("--modality", default=None,
+                   help="multi-task models (PolyViT): keep only this modality and its tasks")
     return p
+
+
+def _prune(args: argparse.Namespace, params: dict) -> dict:
+    """Params pruned to `--task` / `--modality` by the run's model module; writes the pruned
+    model config next to the output (`<output>.model.json`).
+
+    Raises:
+      ValueError: the checkpoint's model cannot be pruned, or an unknown task / modality.
+    """
+    from vitx import models
+    from vitx.utils import checkpoints, write_json_atomic
+
+    run = checkpoints.read_run_config(args.checkpoint)
+    module = models.get_model_module(run["model_name"])
+    if not hasattr(module, "prune"):
+        raise ValueError(f"--task/--modality: model_name={run['model_name']!r} has no tasks to "
+                         f"prune to; drop --task/--modality")
+    kw = dict(task=args.task, modality=args.modality)
+    pruned = module.prune(params, **kw, model_cfg=run["model"])
+    cfg_path = args.output + ".model.json"
+    write_json_atomic(cfg_path, {"model_name": run["model_name"],
+                                 "model": module.pruned_model_cfg(run["model"], **kw)})
+    print(f"vitx: pruned to {kw}; model config in {cfg_path}")
+    return pruned
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from vitx.utils import checkpoints, npz
             params, meta = checkpoints.load_params(args.checkpoint)
+            if args.task or args.modality:
+                params = _prune(args, params)
             npz.save_npz(args.output, params, layout=args.layout)
             print(f"vitx: wrote step {meta.get('step')} params of {args.checkpoint} to "
                   f"{args.output} ({args.layout} layout)")

@@ -18,6 +18,7 @@ MODELS = {
     "hybrid": "vitx.models.hybrid",
     "vit_hybrid": "vitx.models.hybrid",
     "coatnet": "vitx.models.coatnet",
+    "assemblenet": "vitx.models.assemblenet",
     "polyvit": "vitx.models.polyvit",
 }
 

@@ -4,7 +4,8 @@
 
 A task module defines `Task(num_classes, **cfg)` with
 
-    model_inputs(batch) -> the array the model is called on (batch[inputs])
+    model_inputs(batch) -> the array the model is called on (batch[inputs]), or a dict of
+                           arrays when `inputs` is a list of keys (multi-stream models)
     loss(logits, batch) -> per-example loss (B,)
     correct(logits, batch) -> per-example 0/1 top-1 hit (B,) (accuracy's numerator)
     predict(logits) -> per-class scores (B, K) (probabilities)
@@ -36,6 +37,8 @@ def get_task(task_cfg: Mapping[str, Any] | None, num_classes: int) -> Any:
     """
     cfg = dict(task_cfg or {})
     name = cfg.pop("type", "classification")
+    if isinstance(cfg.get("inputs"), list | tuple):  # several batch keys: a dict of streams
+        cfg["inputs"] = tuple(cfg["inputs"])
     if name not in TASKS:
         raise ValueError(f"task.type={name!r} does not exist; use one of {sorted(TASKS)}")
     try:

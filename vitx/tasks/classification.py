@@ -32,15 +32,18 @@ class Task:
 
     Attributes:
       num_classes: K.
-      inputs: the batch key the model is called on ("image", "video", "audio", ...).
+      inputs: the batch key the model is called on ("image", "video", "audio", ...), or a
+        tuple of keys: the model then gets the dict {key: batch[key]} (multi-stream models).
       labels: the batch key holding the labels.
     """
 
     num_classes: int
-    inputs: str = "image"
+    inputs: str | tuple[str, ...] = "image"
     labels: str = "label"
 
-    def model_inputs(self, batch: dict[str, Array]) -> Array:
+    def model_inputs(self, batch: dict[str, Array]) -> Array | dict[str, Array]:
+        if isinstance(self.inputs, tuple):
+            return {k: batch[k] for k in self.inputs}
         return batch[self.inputs]
 
     def targets(self, batch: dict[str, Array]) -> Array:

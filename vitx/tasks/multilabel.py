@@ -31,10 +31,12 @@ class Task:
     """
 
     num_classes: int
-    inputs: str = "image"
+    inputs: str | tuple[str, ...] = "image"
     labels: str = "label"
 
-    def model_inputs(self, batch: dict[str, Array]) -> Array:
+    def model_inputs(self, batch: dict[str, Array]) -> Array | dict[str, Array]:
+        if isinstance(self.inputs, tuple):
+            return {k: batch[k] for k in self.inputs}
         return batch[self.inputs]
 
     def targets(self, batch: dict[str, Array]) -> Array:

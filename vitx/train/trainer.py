@@ -18,6 +18,7 @@ logged scalar), results.json (final metrics).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -202,11 +203,15 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     except ValueError as e:
         raise config_lib.ConfigError(str(e)) from None
     for r in routes.values():
-        if r.task.inputs not in r.spec and not isinstance(r.task.inputs, tuple):
+        keys = r.task.inputs if isinstance(r.task.inputs, tuple) else (r.task.inputs,)
+        missing = [k for k in keys if k not in r.spec]
+        if missing:
             raise config_lib.ConfigError(
-                f"task {r.name}: task.inputs={r.task.inputs!r} is not a key of the batches made "
-                f"by its input.pp (keys: {sorted(r.spec)}); fix one of them")
-        shape = r.spec[r.task.inputs][0] if r.task.inputs in r.spec else None
+                f"task {r.name}: task.inputs {missing} not in the batches made by its input.pp "
+                f"(keys: {sorted(r.spec)}); fix one of them")
+        # One input: its (H, W, C)-like shape; several: {key: shape}.
+        shape = (r.spec[keys[0]][0] if len(keys) == 1 and keys[0] == r.task.inputs
+                 else {k: r.spec[k][0] for k in keys})
         try:
             module.check_input(config.get("model") or {}, shape)
         except ValueError as e:
@@ -286,6 +291,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         sizes = ", ".join(f"{r.name or 'batch'} {r.input.batch_size}" for r in s.routes.values())
         print(f"vitx: {n_params:,} params; {total_steps} steps ({sizes}); "
               f"mesh {dict(mesh.shape)}", flush=True)
+        if hasattr(s.module, "param_report"):  # e.g. PolyViT: shared / modality / task
+            report = s.module.param_report(jax.device_get(state["params"]), config.get("model"))
+            write_json_atomic(os.path.join(workdir, "param_report.json"), report)
+            print("vitx: parameter report " + json.dumps(report, sort_keys=True), flush=True)
 
     text_writer = TextWriter(os.path.join(workdir, "metrics.jsonl"))
     writer = metric_writers.MultiWriter(

@@ -1,0 +1,90 @@
+"""The README's measured tables: each row one config, trained over several seeds.
+
+    python scripts/seeds_table.py polyvit --run    # trains what is missing (resumable), prints
+    python scripts/seeds_table.py polyvit          # prints the table from workdirs/
+    python scripts/seeds_table.py assemblenet --run
+    python scripts/seeds_table.py conv --run       # CoAtNet and hybrid ViT vs ViT on digits
+
+Each run is `vitx train --config <config>:<args>,seed=<s> --workdir workdirs/<table>_<row>_s<s>
+--config.data_dir=data/tfds`; cells are test accuracy in % (mean +- std over the seeds, numpy's
+population std), with the mean train time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+POLYVIT_TASKS = ("digits", "video_digit", "video_direction", "dtmf")
+SCHEDULES = ("task_by_task", "alternating", "uniform", "weighted", "accumulated")
+
+# table -> (config file, [(row, config args)], [metric columns])
+TABLES = {
+    "polyvit": ("configs/polyvit_digits.py",
+                [(s, f"schedule={s},steps=200") for s in SCHEDULES]
+                + [(f"only_{t}", f"only={t},steps=200") for t in POLYVIT_TASKS],
+                [f"{t}/accuracy" for t in POLYVIT_TASKS]),
+    "assemblenet": ("configs/assemblenet_digits.py",
+                    [("video", "streams=video"), ("video+flow", "streams=video+flow"),
+                     ("all_peer", "streams=video+flow+mask,attention=peer"),
+                     ("all_self", "streams=video+flow+mask,attention=self"),
+                     ("all_none", "streams=video+flow+mask,attention=none")],
+                    ["test/accuracy"]),
+    "conv": ("", [("vit", "configs/vit_digits.py:steps=500"),
+                  ("coatnet", "configs/coatnet_digits.py:steps=500"),
+                  ("hybrid", "configs/hybrid_digits.py:steps=500")],
+             ["test/accuracy"]),
+}
+
+
+def workdir(table: str, row: str, seed: int) -> str:
+    return os.path.join("workdirs", f"{table}_{row}_s{seed}")
+
+
+def spec(table: str, args: str, seed: int) -> str:
+    config = TABLES[table][0]
+    return f"{args},seed={seed}" if not config else f"{config}:{args},seed={seed}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("table", choices=sorted(TABLES))
+    p.add_argument("--run", action="store_true", help="train the missing runs first")
+    p.add_argument("--seeds", type=int, default=3)
+    args = p.parse_args()
+    _, rows, metrics = TABLES[args.table]
+    vitx = os.path.join(os.path.dirname(sys.executable), "vitx")
+    for seed in range(args.seeds):
+        for row, arg in rows:
+            wd = workdir(args.table, row, seed)
+            if args.run and not os.path.exists(os.path.join(wd, "results.json")):
+                subprocess.run([vitx, "train", "--config", spec(args.table, arg, seed),
+                                "--workdir", wd, "--config.data_dir=data/tfds"], check=True,
+                               stdout=subprocess.DEVNULL)
+    print("| run | " + " | ".join(m.split("/")[0] for m in metrics) + " | train time | seeds |")
+    print("|---|" + "---|" * (len(metrics) + 2))
+    for row, _ in rows:
+        res = []
+        for seed in range(args.seeds):
+            path = os.path.join(workdir(args.table, row, seed), "results.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    res.append(json.load(f))
+        if not res:
+            continue
+        cells = []
+        for m in metrics:
+            accs = [100 * r[m] for r in res if m in r]
+            cells.append(f"{np.mean(accs):.1f} ± {np.std(accs):.1f}" if accs else "")
+        secs = np.mean([r["train_seconds"] for r in res])
+        print(f"| {row} | " + " | ".join(cells) + f" | {secs:.0f} s | {len(res)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
