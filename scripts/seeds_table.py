@@ -26,8 +26,8 @@ SCHEDULES = ("task_by_task", "alternating", "uniform", "weighted", "accumulated"
 # table -> (config file, [(row, config args)], [metric columns])
 TABLES = {
     "polyvit": ("configs/polyvit_digits.py",
-                [(s, f"schedule={s},steps=200") for s in SCHEDULES]
-                + [(f"only_{t}", f"only={t},steps=200") for t in POLYVIT_TASKS],
+                [(s, f"schedule={s}") for s in SCHEDULES]
+                + [(f"only_{t}", f"only={t}") for t in POLYVIT_TASKS],
                 [f"{t}/accuracy" for t in POLYVIT_TASKS]),
     "assemblenet": ("configs/assemblenet_digits.py",
                     [("video", "streams=video"), ("video+flow", "streams=video+flow"),

@@ -4,8 +4,12 @@
   vitx eval  --config configs/vit_digits.py --checkpoint DIR [--config.key=value ...]
   vitx bench --config configs/vit_digits.py [--steps N]
   vitx export --checkpoint DIR --output params.npz [--layout vit_jax|big_vision|vitx]
+  vitx sweep --config configs/vit_digits.py --dir DIR --sweep 'config.lr=[1e-3,3e-4]' [--parallel N]
 
-Config errors print one line, `vitx: error: <what> ; <fix>`, and exit with status 2.
+Errors print one line, `vitx: error: <what>; <fix>` (no traceback; set VITX_TRACEBACK=1 for
+one), and exit with status 2 for bad input (config, arguments, checkpoints, paths: nothing was
+written) or 1 when a run fails midway (it diverged: NaN/inf loss, gradients or params; or a
+write failed, e.g. no space left on device).
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="multi-task models (PolyViT): keep only what this task needs")
     x.add_argument("--modality", default=None,
                    help="multi-task models (PolyViT): keep only this modality and its tasks")
+    from vitx import sweep
+    sweep.add_arguments(sub.add_parser(
+        "sweep", help="hyperparameter sweep: grids, random / TPE searches (Optuna), one "
+                      "`vitx train` per trial"))
     return p
 
 
@@ -71,6 +79,22 @@ def _prune(args: argparse.Namespace, params: dict) -> dict:
     return pruned
 
 
+#: Longest error line printed (the message is cut there; VITX_TRACEBACK=1 shows all).
+MAX_ERROR_CHARS = 380
+
+
+def _error(e: BaseException, code: int, message: str | None = None) -> int:
+    """Print `vitx: error: <message>` as one bounded line (or re-raise with VITX_TRACEBACK=1)
+    and return the exit status `code`."""
+    if os.environ.get("VITX_TRACEBACK"):
+        raise e
+    text = " ".join(str(message if message is not None else e).split()) or type(e).__name__
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS - 40] + " ... (VITX_TRACEBACK=1 shows all)"
+    print(f"vitx: error: {text}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     from absl import logging as absl_logging
 
@@ -81,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     rest, overrides = config_lib.split_argv(argv)
     args = _parser().parse_args(rest)
     try:
+        if args.command == "sweep":
+            from vitx import sweep
+            return sweep.main(args, overrides)
         if args.command == "export":
             from vitx.utils import checkpoints, npz
             params, meta = checkpoints.load_params(args.checkpoint)
@@ -112,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             from vitx import bench
             bench.run(config, steps=args.steps)
     except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"vitx: error: {e}", file=sys.stderr)
-        return 2
+        return _error(e, 2)
+    except FloatingPointError as e:  # vitx.utils.TrainingDiverged: the run diverged
+        return _error(e, 1)
+    except OSError as e:  # e.g. no space left on device while writing a checkpoint
+        from vitx.utils import describe_os_error
+        return _error(e, 1, describe_os_error(e))
     return 0
 
 

@@ -11,6 +11,7 @@ import ast
 import difflib
 import importlib.util
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -127,9 +128,15 @@ def parse_arg(arg: str | None, *, positional: str | None = None, choices: Sequen
     return out
 
 
+#: Top-level keys the trainer reads with a default when a config file lacks them; overrides may
+#: set them anyway (e.g. `--config.skip_nonfinite_updates=True`).
+OPTIONAL_KEYS: dict[str, Any] = {"skip_nonfinite_updates": False}
+
+
 def set_value(config: ml_collections.ConfigDict, key: str, value: Any,
               source: str = "--config override") -> None:
-    """Set dotted `key` (e.g. "model.variant") to `value`, refusing unknown keys.
+    """Set dotted `key` (e.g. "model.variant") to `value`, refusing unknown keys (except the
+    `OPTIONAL_KEYS`, added with their default first).
 
     The value is converted to the type of the existing field (int -> float, list -> tuple).
 
@@ -146,6 +153,8 @@ def set_value(config: ml_collections.ConfigDict, key: str, value: Any,
             raise ConfigError(f"config key {'.'.join(parts[:i + 1])!r} is None; set it as a "
                               f"whole (e.g. --config.{'.'.join(parts[:i + 1])}=...)")
     last = parts[-1]
+    if len(parts) == 1 and last in OPTIONAL_KEYS and last not in config:
+        config[last] = OPTIONAL_KEYS[last]  # a key the trainer reads with a default
     if not isinstance(node, ml_collections.ConfigDict) or last not in node:
         raise _unknown_key(key, node, last, source)
     old = node[last]
@@ -202,25 +211,75 @@ REQUIRED_KEYS = ("model_name", "lr", "mesh")
 SINGLE_TASK_KEYS = ("num_classes", "input", "total_steps")
 
 
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not hasattr(node, "get"):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _check_number(config: ml_collections.ConfigDict, key: str, *, lo: float | None = None,
+                  above: bool = False, integer: bool = False, none_ok: bool = True) -> None:
+    """`config.<key>` (dotted) is a finite int/float (an int if `integer`) >= `lo` (> if
+    `above`), or None / absent when `none_ok`.
+
+    Raises:
+      ConfigError: naming the key, the value and what it must be.
+    """
+    value = _get(config, key)
+    if value is None and none_ok:
+        return
+    kind = "an int" if integer else "a number"
+    bound = "" if lo is None else f" {'>' if above else '>='} {lo:g}"
+    ok = (isinstance(value, int | float) and not isinstance(value, bool)
+          and (not integer or isinstance(value, int)) and math.isfinite(value)
+          and (lo is None or (value > lo if above else value >= lo)))
+    if not ok:
+        raise ConfigError(f"{key}={value!r} must be {kind}{bound}"
+                          f"{' (or None)' if none_ok else ''}; fix it in the config or with "
+                          f"--config.{key}=...")
+
+
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     """Check what can be checked before data and model are built.
 
     Raises:
-      ConfigError: a missing key, or a batch size not divisible by the number of devices.
+      ConfigError: a missing key, a value of the wrong type or out of range (lr, wd, step
+        counts and frequencies, num_classes, ...), or a batch size not divisible by the number
+        of devices.
     """
     multi = bool(config.get("multitask"))
     for key in REQUIRED_KEYS + (() if multi else SINGLE_TASK_KEYS):
         if key not in config:
             raise ConfigError(f"config key {key!r} is missing; add it to the config file")
+    _check_number(config, "lr", lo=0, none_ok=False)
+    for key in ("wd", "grad_clip_norm", "total_epochs"):
+        _check_number(config, key, lo=0)
+    for key in ("total_steps", "eval_every_steps", "checkpoint.every_steps",
+                "schedule.warmup_steps"):
+        _check_number(config, key, lo=0, integer=True)
+    for key in ("log_every_steps", "checkpoint.keep", "grad_accum_steps"):
+        _check_number(config, key, lo=1, integer=True)
+    _check_number(config, "seed", integer=True)
+    if not multi:
+        _check_number(config, "num_classes", lo=1, integer=True)
+    skip = config.get("skip_nonfinite_updates", False)
+    if not isinstance(skip, bool):
+        raise ConfigError(f"skip_nonfinite_updates={skip!r} must be True or False")
     if multi:
         sizes = {f"multitask.tasks[{i}].input.batch_size": t["input"]["batch_size"]
                  for i, t in enumerate(config.multitask.tasks)}
     else:
         sizes = {"input.batch_size": config.input.batch_size}
     for key, bs in sizes.items():
+        if not isinstance(bs, int) or isinstance(bs, bool):
+            raise ConfigError(f"{key}={bs!r} must be an int; use a positive multiple of "
+                              f"{num_devices}")
         if bs <= 0 or bs % num_devices:
-            raise ConfigError(f"{key}={bs} is not divisible by the {num_devices} devices; "
-                              f"use a positive multiple of {num_devices}")
+            raise ConfigError(f"{key}={bs} is not a positive multiple of the {num_devices} "
+                              f"devices; use a positive multiple of {num_devices}")
     default_bs = next(iter(sizes.values()))
     for name, ev in (config.get("evals") or {}).items():
         ebs = ev.get("batch_size", default_bs)
@@ -237,3 +296,77 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
 def to_json(config: ml_collections.ConfigDict) -> str:
     """The resolved config as JSON (the file saved as `config.json` in the workdir)."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+#: Keys whose values fix the structure of the params or of the optimizer state: the checkpoints
+#: of a workdir resume only under the same values (`check_resume`).
+RESUME_FIXED_KEYS = ("model_name", "model", "num_classes", "optax_name", "optax", "lr_mults",
+                     "grad_clip_norm")
+#: Keys that may change between the runs of one workdir (how long and how often, where data is).
+RESUME_FREE_KEYS = ("total_steps", "total_epochs", "log_every_steps", "eval_every_steps",
+                    "checkpoint", "data_dir", "evals", "skip_nonfinite_updates")
+
+
+def flat_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A config (ConfigDict or JSON dict) as {dotted key: JSON value} (tuples become lists)."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config.to_dict()
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict | ml_collections.ConfigDict):
+            out.update(flat_config(value, name + "."))
+        else:
+            out[name] = json.loads(json.dumps(value, default=str))
+    return out
+
+
+def changed_keys(old: Any, new: Any, only: Sequence[str] | None = None,
+                 skip: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
+    """[(dotted key, old value, new value)] where two configs differ (absent == None).
+
+    `only` / `skip`: top-level keys or dotted prefixes to restrict to / leave out.
+    """
+    a, b = flat_config(old), flat_config(new)
+
+    def under(key: str, prefixes: Sequence[str]) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in prefixes)
+    return [(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and (only is None or under(k, only))
+            and not under(k, skip)]
+
+
+def format_changes(changes: Sequence[tuple[str, Any, Any]], limit: int = 6,
+                   width: int = 40) -> str:
+    """'key old -> new, ...' of `changed_keys`: at most `limit` entries, values cut to about
+    `width` characters around where they first differ."""
+    def short(text: str, start: int) -> str:
+        head = "..." if start else ""
+        tail = "..." if len(text) > start + width else ""
+        return head + text[start:start + width] + tail
+
+    items = []
+    for key, a, b in changes[:limit]:
+        ta, tb = json.dumps(a, default=str), json.dumps(b, default=str)
+        common = len(os.path.commonprefix([ta, tb]))
+        start = max(0, common - 8) if max(len(ta), len(tb)) > width else 0
+        items.append(f"{key} {short(ta, start)} -> {short(tb, start)}")
+    if len(changes) > limit:
+        items.append(f"and {len(changes) - limit} more")
+    return ", ".join(items)
+
+
+def check_resume(old: Any, new: Any, where: str) -> None:
+    """Refuse to resume `where` (a workdir whose checkpoints were made under config `old`)
+    with config `new` when a key of `RESUME_FIXED_KEYS` differs.
+
+    Raises:
+      ConfigError: naming the differing keys (old -> new) and the fix.
+    """
+    changes = changed_keys(old, new, only=RESUME_FIXED_KEYS)
+    if changes:
+        raise ConfigError(
+            f"workdir {where} holds checkpoints of another model or optimizer: "
+            f"{format_changes(changes)}; revert these keys to resume it, or train in a new "
+            f"--workdir (model_init={where} fine-tunes from its params)")
+

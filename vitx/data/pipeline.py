@@ -106,7 +106,8 @@ def _read(
         )
     except (ValueError, KeyError, AssertionError) as e:
         raise ValueError(
-            f"cannot read split={split!r} of dataset {builder.name!r} (available splits: "
+            f"cannot read split={getattr(split, 'split', split)!r} of dataset "
+            f"{builder.name!r} (available splits: "
             f"{sorted(builder.info.splits)}): {e}"
         ) from None
 

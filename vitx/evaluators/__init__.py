@@ -71,5 +71,8 @@ def from_config(evals: ml_collections.ConfigDict | None,
             raise ValueError(f"evals.{name}.type={kind!r} does not exist; use one of "
                              f"{sorted(EVALUATORS)}")
         ctx = EvalContext(**context_for(cfg.get("task")))
-        out.append(importlib.import_module(EVALUATORS[kind]).Evaluator(name, cfg, ctx))
+        try:
+            out.append(importlib.import_module(EVALUATORS[kind]).Evaluator(name, cfg, ctx))
+        except ValueError as e:  # bad dataset, split, pp, batch size: name the entry
+            raise ValueError(f"evals.{name}: {e}") from None
     return out

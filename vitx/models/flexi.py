@@ -175,6 +175,11 @@ load = vit.load
 
 
 def check_input(model_cfg: Any, shape: Any) -> None:
-    """No static check: the patch sizes are checked against the image by the FlexiViT plugin
-    (`vitx.train.flexi`), per size, before training starts."""
-    del model_cfg, shape
+    """The encoder's settings (`vit.check_encoder`); the patch sizes are checked against the
+    image by the FlexiViT plugin (`vitx.train.flexi`), per size, before training starts.
+
+    Raises:
+      ValueError: see `vit.check_encoder`.
+    """
+    del shape
+    vit.check_encoder(model_cfg)

@@ -178,15 +178,38 @@ def Model(num_classes: int | None = 1000, *, variant: str | None = None, **kw: A
     return _make(_ViT, num_classes, variant=variant, **kw)
 
 
+def check_encoder(model_cfg: Mapping[str, Any]) -> None:
+    """Check the encoder's settings in `config.model`: heads divide the width, a real dtype.
+
+    Raises:
+      ValueError: naming `model.num_heads` / `model.dtype_mm` and the fix.
+    """
+    args = {**decode_variant(model_cfg.get("variant")),
+            **{k: model_cfg[k] for k in ("width", "num_heads") if model_cfg.get(k) is not None}}
+    width, heads = args.get("width"), args.get("num_heads")
+    if isinstance(width, int) and isinstance(heads, int) and (heads < 1 or width % heads):
+        raise ValueError(f"model.num_heads={heads} does not divide model.width={width}; use one "
+                         f"of {[d for d in range(1, width + 1) if width % d == 0]}")
+    dtype = model_cfg.get("dtype_mm")
+    if isinstance(dtype, str):
+        try:
+            jnp.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"model.dtype_mm={dtype!r} is not a dtype; use e.g. 'float32' or "
+                             f"'bfloat16'") from None
+
+
 def check_input(model_cfg: Mapping[str, Any], shape: Sequence[int]) -> None:
-    """Check, before any compile, that the patch size divides the image (H, W, C) of the data.
+    """Check, before any compile, that the patch size divides the image (H, W, C) of the data
+    (and the encoder's settings, `check_encoder`).
 
     `model_cfg` is `config.model` (`variant` and/or `patch_size`).
 
     Raises:
       ValueError: naming `model.variant` / `model.patch_size`, the image size and the patch
-        sizes that would work.
+        sizes that would work; or see `check_encoder`.
     """
+    check_encoder(model_cfg)
     ps = model_cfg.get("patch_size") or decode_variant(model_cfg.get("variant")).get("patch_size")
     if ps is None:
         return

@@ -55,9 +55,17 @@ class Route:
     steps: int | None = None
 
 
-def _spec(inp: ml_collections.ConfigDict, data_dir: str | None) -> dict:
-    return pipeline.element_spec(name=inp.dataset, split=inp.split, data_dir=data_dir,
-                                 pp=inp.pp, label_subset=inp.get("label_subset"))
+def _spec(inp: ml_collections.ConfigDict, data_dir: str | None, key: str = "input") -> dict:
+    """The example spec of input config `inp` (`key` names it in errors).
+
+    Raises:
+      ConfigError: bad dataset, split, pp or label_subset, prefixed with `key`.
+    """
+    try:
+        return pipeline.element_spec(name=inp.dataset, split=inp.split, data_dir=data_dir,
+                                     pp=inp.pp, label_subset=inp.get("label_subset"))
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 def routes_from_config(config: ml_collections.ConfigDict) -> dict[str | None, Route]:
@@ -91,7 +99,8 @@ def routes_from_config(config: ml_collections.ConfigDict) -> dict[str | None, Ro
             if not steps:
                 raise ConfigError(f"{key} ({t.name}) has no steps; set steps or epochs")
             out[t.name] = Route(t.name, tasks.get_task(t.get("task"), t.num_classes),
-                                dict(t.get("model_kw") or {}), inp, _spec(inp, data_dir),
+                                dict(t.get("model_kw") or {}), inp,
+                                _spec(inp, data_dir, f"{key}.input"),
                                 float(t.get("lr_mult", 1.0)), int(steps))
         return out
     except ValueError as e:

@@ -67,8 +67,19 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def lr_mult_tree(params: Any, lr_mults: Sequence[tuple[str, Any]] | None) -> Any:
-    """Per-leaf multiplier (float; 0.0 means frozen) from `lr_mults` rules."""
+    """Per-leaf multiplier (float; 0.0 means frozen) from `lr_mults` rules.
+
+    Raises:
+      ConfigError: a rule's regex does not compile.
+    """
     rules = list(lr_mults or [])
+
+    for regex, _ in rules:
+        try:
+            re.compile(regex)
+        except (re.error, TypeError) as e:
+            raise ConfigError(f"lr_mults: pattern {regex!r} is not a valid regex ({e}); fix "
+                              f"it") from None
 
     def one(path: tuple, _: Any) -> float:
         name = path_name(path)
@@ -89,6 +100,15 @@ def _base_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
     name = config.get("optax_name", "adamw")
     kw = dict(config.get("optax") or {})
     wd = float(config.get("wd", 0.0) or 0.0)
+    try:
+        return _make_base(name, kw, wd, schedule, wd_mask)
+    except TypeError as e:  # e.g. an argument the optimizer does not take
+        raise ConfigError(f"optax={kw} does not fit optax_name={name!r} ({e}); pass only that "
+                          f"optimizer's arguments") from None
+
+
+def _make_base(name: str, kw: dict, wd: float, schedule: optax.Schedule,
+               wd_mask: Any) -> optax.GradientTransformation:
     if name == "adam":
         return optax.adam(schedule, **kw)
     if name == "adamw":

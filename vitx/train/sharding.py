@@ -128,7 +128,19 @@ def spec_for(name: str, shape: tuple[int, ...], mesh: Mesh,
 
 
 def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
-    """A NamedSharding for every leaf of `tree` (arrays or ShapeDtypeStructs)."""
+    """A NamedSharding for every leaf of `tree` (arrays or ShapeDtypeStructs).
+
+    Raises:
+      ConfigError: a rule that is not a (regex, spec) pair, a regex that does not compile, or
+        the errors of `spec_for`.
+    """
+    for rule in rules:
+        try:
+            regex, _ = rule
+            re.compile(regex)
+        except (re.error, TypeError, ValueError) as e:
+            raise ConfigError(f"sharding_rules: {rule!r} is not a (regex, spec) pair with a "
+                              f"valid regex ({e}); fix it") from None
     def one(path: tuple, leaf: Any) -> NamedSharding:
         shape = tuple(getattr(leaf, "shape", ()))
         return NamedSharding(mesh, spec_for(path_name(path), shape, mesh, rules))

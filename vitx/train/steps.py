@@ -184,10 +184,18 @@ def keep_inactive(new: Any, old: Any, active: dict[tuple, bool]) -> Any:
     return jax.tree_util.tree_map_with_path(pick, new, old)
 
 
+def tree_all_finite(tree: Any) -> Array:
+    """bool (): every inexact (float) leaf of `tree` is free of NaN and inf (jittable)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def build_train_step(loss_fn: Callable[..., Array], tx: optax.GradientTransformation, *,
                      accum_steps: int = 1, frozen: Any = None,
                      schedule: optax.Schedule | None = None, active: Any = None,
-                     lr_mult: float = 1.0) -> Callable[..., tuple[State, dict]]:
+                     lr_mult: float = 1.0, skip_nonfinite: bool = False
+                     ) -> Callable[..., tuple[State, dict]]:
     """train_step(state, batch, *extra) -> (new state, metrics) for any loss function.
 
     `loss_fn(params, batch, rng, *extra)` -> scalar (`make_loss_fn`, `multi_task_loss`).
@@ -196,6 +204,15 @@ def build_train_step(loss_fn: Callable[..., Array], tx: optax.GradientTransforma
     training: inactive params AND their optimizer state (moments, weight decay) stay
     bit-identical. `lr_mult` scales this step's updates (a per-task learning-rate multiplier;
     1.0 adds no op).
+
+    Metrics: `loss`, `grad_norm`, `lr` (with a schedule) and the NaN guard's
+    `nonfinite_step` (int32 (): this step's number, `state["step"] + 1`, when its loss or
+    global gradient norm is NaN/inf, else 0), computed on device so the loop can fold it into
+    a running flag without a host round trip per step. The update itself is unchanged by it.
+    With `skip_nonfinite`, a step whose loss, gradients or new params/optimizer state are not
+    finite keeps the old state (params, optimizer state, batch statistics; `jnp.where` on
+    device, only the step count advances) and `skipped` (int32 (), 1 for a skipped step) is
+    added to the metrics.
     """
     active_by_path = None
     if active is not None:
@@ -222,10 +239,21 @@ def build_train_step(loss_fn: Callable[..., Array], tx: optax.GradientTransforma
         if active_by_path is not None:
             params = keep_inactive(params, state["params"], active_by_path)
             opt_state = keep_inactive(opt_state, state["opt_state"], active_by_path)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        metrics = {"loss": loss, "grad_norm": grad_norm}
         if schedule is not None:
             metrics["lr"] = schedule(state["step"])
         new_state.update(params=params, opt_state=opt_state, step=state["step"] + 1)
+        if skip_nonfinite:  # keep the old state where this update is not finite
+            finite = finite & tree_all_finite(
+                (params, opt_state, new_state.get("model_state")))
+            for key in ("params", "opt_state", "model_state"):
+                if key in state:
+                    new_state[key] = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                                  new_state[key], state[key])
+            metrics["skipped"] = jnp.where(finite, 0, 1).astype(jnp.int32)
+        metrics["nonfinite_step"] = jnp.where(finite, 0, state["step"] + 1).astype(jnp.int32)
         return new_state, metrics
     return train_step
 

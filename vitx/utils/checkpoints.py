@@ -6,7 +6,8 @@ A spec (`config.model_init`, `vitx eval --checkpoint`, `vitx export --checkpoint
     WORKDIR                      a vitx run: its latest finalized checkpoint
     WORKDIR/checkpoints          the same
     WORKDIR/checkpoints/STEP     that step
-    file.npz                     vitx, vit_jax or big_vision layout (detected from the names)
+    file.npz                     vitx, vit_jax or big_vision layout (detected from the names;
+                                 params under opt/target/ or params/ are found by themselves)
     any of these + ":subtree"    only the params under that '/'-prefix, prefix stripped
                                  (e.g. "ckpt.npz:params", "ckpt.npz:opt/target")
 
@@ -28,7 +29,7 @@ import orbax.checkpoint as ocp
 from vitx.utils import npz
 
 __all__ = ["Resolved", "load_model_state", "load_params", "parse_spec", "read_run_config",
-           "resolve"]
+           "resolve", "short_reason"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +136,8 @@ def load_params(spec: str | Resolved) -> tuple[dict[str, Any], dict[str, Any]]:
 
     Raises:
       FileNotFoundError: see `resolve`.
-      ValueError: a malformed spec, a subtree that is not there, an unreadable .npz.
+      ValueError: a malformed spec, a subtree that is not there, an unreadable .npz, a damaged
+        orbax checkpoint.
     """
     r = resolve(spec) if isinstance(spec, str) else spec
     if r.kind == "npz":
@@ -155,16 +157,39 @@ def load_model_state(spec: str | Resolved) -> dict[str, Any]:
     return {} if r.kind == "npz" else dict(_restore(r)[0].get("model_state") or {})
 
 
+def short_reason(e: BaseException, limit: int = 160) -> str:
+    """One short line for an (orbax / tensorstore) exception: its root cause, spec dumps cut."""
+    root = e
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    text = (str(root).strip().splitlines() or [""])[0]
+    for cut in (" [tensorstore_spec", " See full TensorStore details", "; tensorstore_spec"):
+        text = text.split(cut)[0]
+    text = f"{type(root).__name__}: {text}" if text else type(root).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _restore(r: Resolved) -> tuple[dict[str, Any], dict[str, Any]]:
-    mngr = ocp.CheckpointManager(
-        r.path, options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
-    tree = mngr.item_metadata(r.step)["state"].tree
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    out = mngr.restore(r.step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(restore_args=restore_args), meta=ocp.args.JsonRestore()))
-    mngr.close()
+    """(state, meta) of an orbax checkpoint as host numpy.
+
+    Raises:
+      ValueError: the checkpoint is damaged (one line naming the step directory, the reason
+        and the fix).
+    """
+    try:
+        with ocp.CheckpointManager(
+                r.path, options=ocp.CheckpointManagerOptions(read_only=True),
+                item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                               "meta": ocp.JsonCheckpointHandler()}) as mngr:
+            tree = mngr.item_metadata(r.step)["state"].tree
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                        tree)
+            out = mngr.restore(r.step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(restore_args=restore_args),
+                meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+        raise ValueError(f"checkpoint {r.path}/{r.step} does not restore ({short_reason(e)}); "
+                         f"pass an earlier step (WORKDIR/checkpoints/STEP)") from None
     return out["state"], dict(out["meta"])
 
 

@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 Params = dict[str, Any]
 
 LAYOUTS = ("vitx", "vit_jax", "big_vision")
+#: Where checkpoints wrap their params (flax optimizers: opt/target; big_vision: params),
+#: found without a ':subtree' (as big_vision's and timm's loaders do).
+AUTO_SUBTREES = ("opt/target", "params")
 
 _VIT_JAX_POSEMB = "Transformer/posembed_input/pos_embedding"
 # Per-block module names: vitx (big_vision) -> vit_jax.
@@ -302,7 +305,9 @@ def load_npz(path: str | os.PathLike[str], layout: str = "auto",
     """Read an .npz checkpoint into nested vitx params (numpy leaves).
 
     `subtree` keeps only names under that '/' prefix (e.g. "params", "opt/target",
-    "Transformer"), prefix stripped, before the layout is applied. `layout` "auto" uses
+    "Transformer"), prefix stripped, before the layout is applied. Without one, names under
+    "opt/target/" (flax optimizer checkpoints) or else "params/" (big_vision) are found and kept
+    automatically (`AUTO_SUBTREES`). `layout` "auto" uses
     `detect_layout`; "vit_jax" -> `from_vit_jax`, "big_vision" -> `from_big_vision` (strips
     "params/"), "vitx" -> names as stored. Blocks stay as stored (scanned or not; see
     `vitx.models.vit.adapt_params` / `stack_blocks`).
@@ -324,6 +329,11 @@ def load_npz(path: str | os.PathLike[str], layout: str = "auto",
                          f"params; save it with vitx.utils.npz.save_npz")
     with data:
         flat = {k: data[k] for k in data.files}
+    if not subtree:  # params under a known wrapper (big_vision / timm find these too)
+        subtree = next((p for p in AUTO_SUBTREES if any(k.startswith(p + "/") for k in flat)),
+                       None)
+        if subtree:
+            logger.info("load_npz: %s keeps the params under %r", path, subtree)
     if subtree:
         prefix = subtree.strip("/") + "/"
         sub = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}

@@ -125,9 +125,10 @@ def merge_params(init: Mapping[str, Any], loaded: Mapping[str, Any], *,
     Source: big_vision `common.merge_params` semantics (strict, `dont_load` fullmatch).
 
     Raises:
-      ValueError: one error listing every missing, unexpected and shape-mismatched name (with
-        shapes); the fix is to add them to model_load.dont_load or fix the model config. Also an
-        invalid regex in `dont_load`.
+      ValueError: one error listing the missing, unexpected and shape-mismatched names (with
+        shapes; the first `MAX_LISTED`, then "... and N more", and the prefix the checkpoint's
+        names sit under when that is why they do not match); the fix is to add them to
+        model_load.dont_load or fix the model config. Also an invalid regex in `dont_load`.
     """
     patterns = _compile_patterns(dont_load)
     skip = lambda name: any(p.fullmatch(name) for p in patterns)
@@ -156,9 +157,41 @@ def merge_params(init: Mapping[str, Any], loaded: Mapping[str, Any], *,
             problems.append(f"{name} (checkpoint {tuple(np.shape(loaded_flat[name]))}, not in "
                             f"model)")
     if problems:
-        raise ValueError(f"cannot load {len(problems)} param(s) from the checkpoint: "
-                         f"{'; '.join(problems)}; add them to model_load.dont_load or fix the "
-                         f"model config")
+        raise ValueError(f"cannot load {len(problems)} param(s) from the checkpoint"
+                         f"{_prefix_hint(loaded_flat, init_flat)}; add them to "
+                         f"model_load.dont_load or fix the model config: "
+                         f"{_bounded(problems)}")
     return unflatten(merged)
 
 
+#: How many offending names a merge error lists before "... and N more".
+MAX_LISTED = 20
+
+
+def _bounded(problems: Sequence[str], limit: int = MAX_LISTED) -> str:
+    """The first `limit` problems, '; '-joined, then "... and N more"."""
+    text = "; ".join(problems[:limit])
+    if len(problems) > limit:
+        text += f"; ... and {len(problems) - limit} more"
+    return text
+
+
+def _prefix_hint(loaded: Mapping[str, Any], init: Mapping[str, Any]) -> str:
+    """' (...)' naming the prefix (e.g. 'opt/target') under which the checkpoint holds most of
+    the model's names (preferring 'opt/target' and 'params' on a tie), or ''."""
+    names = set(init)
+    counts: dict[str, int] = {}
+    for name in loaded:
+        parts = name.split("/")
+        for k in range(1, len(parts)):
+            if "/".join(parts[k:]) in names:
+                prefix = "/".join(parts[:k])
+                counts[prefix] = counts.get(prefix, 0) + 1
+    if not counts or max(counts.values()) * 2 < len(names):
+        return ""
+    best = [p for p, c in counts.items() if c == max(counts.values())]
+    known = [p for p in ("opt/target", "params") if p in best]
+    if len(best) > 1 and not known:
+        return ""
+    prefix = (known or best)[0]
+    return f" (its params sit under {prefix!r}: load '<checkpoint>:{prefix}')"

@@ -13,6 +13,7 @@ from tensorflow_datasets.core.utils import gcs_utils
 
 # Imported for their side effect: each module registers its builder with TFDS.
 from vitx.data.builders import digits, dtmf_keys, moving_digits  # noqa: F401
+from vitx.utils import check_writable
 
 # Builders that vitx can prepare itself, from data on this machine, on first use.
 LOCAL_BUILDERS: frozenset[str] = frozenset({"digits", "dtmf_keys", "moving_digits"})
@@ -64,7 +65,8 @@ def ensure_built(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
 
     Raises:
         ValueError: if ``name`` is not a known TFDS dataset, or it is not prepared under
-            ``data_dir`` and is not one vitx can build itself.
+            ``data_dir`` and is not one vitx can build itself, or ``data_dir`` is not writable
+            (or the build fails) when vitx has to build it.
     """
     disable_gcs()
     if not isinstance(name, str) or not name.strip():
@@ -82,17 +84,24 @@ def ensure_built(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
         return builder
     if _base_name(name) not in LOCAL_BUILDERS:
         raise ValueError(
-            f"dataset {name!r} is not prepared in data_dir={where!r}; prepare it first with "
-            f"`tfds build {name} --data_dir={where}` (for manual-download datasets such as "
-            f"imagenet2012 put the archives in {where}/downloads/manual), or point data_dir "
+            f"dataset {name!r} is not prepared in data_dir={where!r}; prepare it there with "
+            f"`tfds build {name} --data_dir=DATA_DIR` (manual-download datasets such as "
+            f"imagenet2012 need their archives in DATA_DIR/downloads/manual), or point data_dir "
             f"at a directory that already holds it."
         )
+    try:  # vitx builds it into data_dir: that must be writable
+        check_writable(where, "data_dir")
+    except ValueError as e:
+        raise ValueError(f"dataset {name!r} is not prepared and cannot be built: {e}") from None
     config = tfds.download.DownloadConfig(try_download_gcs=False)
     try:
         builder.download_and_prepare(download_config=config)
-    except Exception:
+    except Exception as e:
         # Another process sharing data_dir may have finished the same build first.
         if not tfds.builder(name, data_dir=data_dir).is_prepared():
-            raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ValueError(f"dataset {name!r} could not be built in data_dir={where!r} "
+                             f"({type(e).__name__}: {first}); fix data_dir or prepare the "
+                             f"dataset there first") from e
     # Re-open so the builder reads its metadata from disk, like any prepared dataset.
     return tfds.builder(name, data_dir=data_dir)
