@@ -14,7 +14,11 @@ Command (resumable):
 
 Arguments: `assemblenet_digits.py:streams=video+flow+mask,attention=peer,seed=0,steps=300`
 (streams: any '+'-joined subset of video, flow, mask; attention: peer | self | none), quick.
-Expected results and time: the README's AssembleNet table (ablations of streams and attention).
+
+Expected result: not measured yet. The stream x attention ablation table (3 seeds each) is to be
+made with `python scripts/seeds_table.py assemblenet --run`; on the shared 2-core CPU a step of
+batch 32 took ~0.7 s, so a 300-step run takes ~4 minutes. The 20-step `:quick` run trains end to
+end (still at chance, 12.5 %).
 """
 
 import os

@@ -13,8 +13,11 @@ Command (resumable):
       --config.data_dir=data/tfds
 
 Arguments: `coatnet_digits.py:layout=CCTT,seed=0,steps=1000` (layout: CCTT, CCCT or CTTT, the
-paper's ablation). Expected result and time: see the README table "Convolution + attention"
-(mean +- std over 3 seeds, 2-core CPU).
+paper's ablation).
+
+Expected result (measured, seeds 0-2, 2-core CPU, `:steps=500`): test accuracy 99.4 +- 0.6 %
+(the SVM baseline: 98.9 %), ~7 min of training per run (the README table "Convolution +
+attention", `python scripts/seeds_table.py conv --run`).
 """
 
 import os

@@ -10,8 +10,9 @@ Command (resumable):
   vitx train --config configs/hybrid_digits.py --workdir workdirs/hybrid \
       --config.data_dir=data/tfds
 
-Arguments: `hybrid_digits.py:seed=0,steps=1000`. Expected result and time: see the README
-table "Convolution + attention" (mean +- std over 3 seeds, 2-core CPU).
+Arguments: `hybrid_digits.py:seed=0,steps=1000`. Expected result (measured, seeds
+0-2, 2-core CPU, `:steps=500`): test accuracy 97.2 +- 0.8 %, ~2 min of training per run (the
+README table "Convolution + attention", `python scripts/seeds_table.py conv --run`).
 """
 
 import os

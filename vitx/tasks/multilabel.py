@@ -11,7 +11,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from vitx.tasks.classification import onehot_labels
+from vitx.tasks import classification
 
 Array = jax.Array
 
@@ -24,25 +24,15 @@ def sigmoid_xent(logits: Array, labels: Array) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
+class Task(classification.Task):
     """Multi-label classification: `batch[labels]` is (B, K) multi-hot (or (B,) int for one).
 
-    `correct` is precision@1: whether the top-scoring class is one of the positives.
+    Reads the same keys as `classification.Task`; `correct` is precision@1: whether the
+    top-scoring class is one of the positives.
     """
 
-    num_classes: int
-    inputs: str | tuple[str, ...] = "image"
-    labels: str = "label"
-
-    def model_inputs(self, batch: dict[str, Array]) -> Array | dict[str, Array]:
-        if isinstance(self.inputs, tuple):
-            return {k: batch[k] for k in self.inputs}
-        return batch[self.inputs]
-
-    def targets(self, batch: dict[str, Array]) -> Array:
-        return onehot_labels(batch[self.labels], self.num_classes)
-
     def loss(self, logits: Array, batch: dict[str, Array]) -> Array:
+        """(B, K) logits -> (B,) sum over classes of binary cross-entropy."""
         return sigmoid_xent(logits, self.targets(batch))
 
     def correct(self, logits: Array, batch: dict[str, Array]) -> Array:
@@ -51,4 +41,5 @@ class Task:
         return hit.astype(jnp.float32)
 
     def predict(self, logits: Array) -> Array:
+        """(B, K) independent class probabilities."""
         return jax.nn.sigmoid(logits.astype(jnp.float32))
