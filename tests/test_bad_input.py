@@ -165,15 +165,6 @@ def snapshot(workdir: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from vitx.data.builders import ensure_built
-
-    d = str(tmp_path_factory.mktemp("tfds"))
-    ensure_built("digits", d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def finished(data_dir, tmp_path_factory) -> str:
     """A finished 4-step tiny run (checkpoints 2 and 4)."""
     workdir = str(tmp_path_factory.mktemp("finished"))

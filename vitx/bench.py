@@ -1,10 +1,17 @@
 """`vitx bench`: train-step throughput of a config, and ratios measured in one run.
 
-Times the jitted, sharded train step on a synthetic batch of the config's shape (the input
-pipeline is not timed) for several variants of the config and prints each one's steps/s and
-images/s and its ratio to the first. Absolute numbers on shared CPUs are noisy; compare the
-ratios, which are measured back to back in one process. Variants:
+Times the jitted, sharded train step (the trainer's: shardings, donation) on a synthetic batch
+of the config's shape for several variants of the config and prints each one's steps/s,
+images/s, ratio to the first, compile time, FLOPs per step (XLA's cost analysis), MFU (model
+FLOP/s over the matmul peak measured in the same run, `vitx.utils.perf`) and the program's
+memory (XLA's memory analysis; the device's peak where the backend reports one). Then, on the
+first variant: the real input pipeline (tf.data -> prefetched device arrays) vs the synthetic
+batch, and the cost of an async checkpoint save in flight; for FlexiViT, the programs compiled
+over the schedule's first steps. Absolute numbers on shared CPUs are noisy; compare the ratios,
+which are measured back to back in one process. Variants:
   base            the config as is
+  plain           ViT-family models: patch_embed="conv", attention_impl="einsum" (the layouts
+                  before the fast paths; big_vision's)
   bf16            model.dtype_mm = "bfloat16" (matmuls in bfloat16, params in float32)
   scan+remat      model.scan = True, model.remat_policy = "nothing_saveable"
   patch=<p>       for FlexiViT configs: one variant per patch size in flexi.patch_sizes
@@ -17,6 +24,7 @@ ratios, which are measured back to back in one process. Variants:
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from typing import Any
 
@@ -26,6 +34,10 @@ import numpy as np
 
 from vitx.train import sharding as shd
 from vitx.train import steps, trainer
+from vitx.utils import perf
+
+# models with the `patch_embed` / `attention_impl` fast paths (the "plain" variant turns them off)
+FAST_PATH_MODELS = ("vit", "flexivit", "hybrid", "vit_hybrid", "polyvit")
 
 
 def _synthetic_batch(spec: dict, batch_size: int, num_classes: int, sharding: Any) -> dict:
@@ -114,31 +126,95 @@ def run_multitask(config: ml_collections.ConfigDict, *, steps: int = 40,
     return rows
 
 
-def _time_variant(config: ml_collections.ConfigDict, num_steps: int,
-                  plan: tuple = ()) -> tuple[float, float]:
-    """(steps/s, compile seconds) of the train step of `config` on a fixed synthetic batch with
-    the data's example spec, run with the static per-step choices `plan`."""
-    s = trainer.setup(copy.deepcopy(config))
-    state, state_shardings = s.init_state()
-    bs = shd.batch_sharding(s.mesh)
-    batch = _synthetic_batch(s.spec, config.input.batch_size, config.num_classes, bs)
-    fn = jax.jit(steps.make_train_step(s.model, s.tx, s.task,
-                                       accum_steps=config.get("grad_accum_steps", 1),
-                                       model_kw=dict(plan)),
-                 in_shardings=(state_shardings, bs), donate_argnums=(0,))
-    t0 = time.perf_counter()
-    state, m = fn(state, batch)
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(num_steps):
-        state, m = fn(state, batch)
-    jax.block_until_ready(m)
-    return num_steps / (time.perf_counter() - t0), compile_s
+class _Bench:
+    """One variant's jitted train step (the trainer's: shardings, donation, plugins' static
+    choices `plan`), its compiled program's FLOPs and memory, and timers for it on a fixed
+    synthetic batch, on the real input pipeline and with an async checkpoint in flight."""
+
+    def __init__(self, config: ml_collections.ConfigDict, plan: tuple = ()):
+        self.config = config
+        self.s = s = trainer.setup(copy.deepcopy(config))
+        self.state, shardings = s.init_state()
+        self.batch_sharding = shd.batch_sharding(s.mesh)
+        self.batch = _synthetic_batch(s.spec, config.input.batch_size, config.num_classes,
+                                      self.batch_sharding)
+        self.fn = jax.jit(s.make_step(plan), in_shardings=(shardings, self.batch_sharding),
+                          out_shardings=(shardings, shd.replicated(s.mesh)),
+                          donate_argnums=(0,))
+        t0 = time.perf_counter()
+        compiled = self.fn.lower(self.state, self.batch).compile()
+        self.stats = perf.compiled_stats(compiled)
+        self.state, m = self.fn(self.state, self.batch)
+        jax.block_until_ready(m)
+        self.compile_s = time.perf_counter() - t0
+
+    def time(self, num_steps: int, batches: Any = None, before: Any = None) -> float:
+        """Seconds for `num_steps` steps (batches from the iterator `batches`, else the fixed
+        synthetic one), after calling `before()` (timed too) if given."""
+        t0 = time.perf_counter()
+        if before is not None:
+            before()
+        m = None
+        for _ in range(num_steps):
+            self.state, m = self.fn(self.state, next(batches) if batches else self.batch)
+        jax.block_until_ready(m)
+        return time.perf_counter() - t0
+
+    def pipeline(self) -> Any:
+        """The run's real training input: tf.data pipeline -> global device arrays, prefetched."""
+        from vitx.data import pipeline
+
+        inp = self.s.main.input
+        ds = pipeline.build_dataset(
+            name=inp.dataset, split=inp.split, data_dir=self.config.get("data_dir"), pp=inp.pp,
+            global_batch_size=inp.batch_size, train=True, seed=self.config.get("seed", 0),
+            start_step=0, shuffle_buffer=inp.get("shuffle_buffer", 10_000),
+            cache=inp.get("cache", True), label_subset=inp.get("label_subset"))
+        return pipeline.global_batches(ds, self.batch_sharding)
 
 
-def run(config: ml_collections.ConfigDict, *, steps: int = 20) -> list[dict[str, Any]]:
-    """Print and return one row per variant: name, steps/s, images/s, ratio to base."""
+def _checks(b: _Bench, num_steps: int, rounds: int = 3) -> dict[str, float]:
+    """Real input pipeline vs synthetic batches, and an async checkpoint save in flight vs
+    none, each timed in `rounds` interleaved rounds of `num_steps` steps (best round kept)."""
+    from vitx.train import checkpoint as ckpt_lib
+
+    out: dict[str, float] = {}
+    it = b.pipeline()
+    for _ in range(3):  # fill the shuffle buffer and the device prefetch queue
+        next(it)
+    synth, real, plain, saving = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = ckpt_lib.Checkpointer(tmp, keep=1, async_save=True)
+        for r in range(rounds):
+            synth.append(b.time(num_steps))
+            real.append(b.time(num_steps, batches=it))
+            plain.append(b.time(num_steps))
+            saving.append(b.time(num_steps, before=lambda r=r: ckpt.save(r, b.state,
+                                                                         {"step": r})))
+            t0 = time.perf_counter()
+            ckpt.wait()
+            out["save_write_s"] = time.perf_counter() - t0
+        ckpt.close()
+    out["pipeline_ratio"] = min(synth) / min(real)
+    step_s = min(plain) / num_steps
+    out["save_cost_s"] = max(min(saving) - min(plain), 0.0)
+    out["save_cost_steps"] = out["save_cost_s"] / step_s
+    every = (b.config.get("checkpoint") or {}).get("every_steps") or b.config.total_steps
+    out["save_cost_per_step"] = out["save_cost_steps"] / every
+    out["save_every_steps"] = every
+    return out
+
+
+def run(config: ml_collections.ConfigDict, *, steps: int = 20,
+        checks: bool = True) -> list[dict[str, Any]]:
+    """Print and return one row per variant: name, steps/s, images/s, ratio to the first, compile
+    seconds, FLOPs per step, MFU against this run's matmul peak, program memory.
+
+    With `checks` (single-task configs), also the real input pipeline's step rate as a fraction
+    of the synthetic one (goal >= 0.95) and an async checkpoint save's cost in steps (goal <
+    0.05); for FlexiViT configs, the number of programs compiled for the patch sizes (goal:
+    one per size).
+    """
     if config.get("multitask"):
         return run_multitask(config, steps=steps)
     config = copy.deepcopy(config)
@@ -150,22 +226,75 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20) -> list[dict[str,
             variants.append((f"patch={p}", config, (("patch_size", p),)))
     else:
         variants.append(("base", config, ()))
-        for name, updates in (("bf16", {"dtype_mm": "bfloat16"}),
-                              ("scan+remat", {"scan": True, "remat_policy": "nothing_saveable"})):
+        updates = [("bf16", {"dtype_mm": "bfloat16"}),
+                   ("scan+remat", {"scan": True, "remat_policy": "nothing_saveable"})]
+        if config.get("model_name") in FAST_PATH_MODELS:
+            updates.insert(0, ("plain", {"patch_embed": "conv", "attention_impl": "einsum"}))
+        for name, update in updates:
             c = copy.deepcopy(config)
-            c.model.update(updates)
+            c.model.update(update)
             variants.append((name, c, ()))
-    rows = []
+    dtype_of = lambda c: (c.get("model") or {}).get("dtype_mm", "float32")
+    peaks = {d: perf.matmul_peak(d) for d in dict.fromkeys(dtype_of(c) for _, c, _ in variants)}
     print(f"vitx bench: batch {config.input.batch_size}, {steps} timed steps, "
-          f"{jax.device_count()} x {jax.devices()[0].platform}")
+          f"{jax.device_count()} x {jax.devices()[0].device_kind}; matmul peak (this run) "
+          + ", ".join(f"{d} {p / 1e9:.1f} GFLOP/s" for d, p in peaks.items()))
+    rows, first = [], None
     for name, c, plan in variants:
-        sps, compile_s = _time_variant(c, steps, plan)
+        b = _Bench(c, plan)
+        sps = steps / b.time(steps)
+        # model FLOPs: XLA counts a scanned body once and remat's recompute too, so the
+        # scan+remat variants are credited with the plain program's count
+        flops = b.stats["flops"] if not c.model.get("scan") else rows[0]["flops"]
+        peak = peaks[dtype_of(c)] * jax.device_count()
         rows.append({"variant": name, "steps_per_sec": sps,
-                     "img_per_sec": sps * config.input.batch_size, "compile_s": compile_s})
+                     "img_per_sec": sps * c.input.batch_size, "compile_s": b.compile_s,
+                     **b.stats, "flops": flops, "mfu": flops * sps / peak if peak else None})
+        if first is None:
+            first = b
     base = rows[0]["steps_per_sec"]
     for r in rows:
         r["ratio"] = r["steps_per_sec"] / base
+        mem = f", {r['memory_bytes'] / 2**20:.0f} MiB" if "memory_bytes" in r else ""
         print(f"  {r['variant']:<12} {r['steps_per_sec']:8.2f} steps/s  "
               f"{r['img_per_sec']:9.1f} img/s  x{r['ratio']:.2f} vs {rows[0]['variant']}  "
-              f"(compile {r['compile_s']:.1f} s)")
+              f"{r['flops'] / 1e9:.2f} GFLOP/step, MFU {r['mfu']:.1%} "
+              f"(compile {r['compile_s']:.1f} s{mem})")
+    peak_mem = perf.device_peak_memory()
+    if peak_mem is not None:
+        print(f"  device peak memory: {peak_mem / 2**20:.0f} MiB")
+    if checks and first is not None:
+        extra = _checks(first, steps)
+        rows[0].update(extra)
+        print(f"  real input pipeline / synthetic batches: x{extra['pipeline_ratio']:.3f} "
+              f"(goal >= 0.95)")
+        print(f"  async checkpoint save: blocks/slows the steps by {extra['save_cost_s']:.3f} s "
+              f"= {extra['save_cost_steps']:.2f} steps per save; at checkpoint.every_steps="
+              f"{extra['save_every_steps']} that is {extra['save_cost_per_step']:.2%} of a step "
+              f"(goal < 5%); the write finished {extra['save_write_s']:.2f} s after the steps")
+        if config.get("flexi"):
+            n, sizes = _count_programs(config, 4 * len(config.flexi.patch_sizes))
+            rows[0]["flexi_programs"] = n
+            print(f"  FlexiViT: {n} programs compiled for the {sizes} patch sizes drawn in the "
+                  f"schedule's first {4 * len(config.flexi.patch_sizes)} steps (goal: one per "
+                  f"size)")
     return rows
+
+
+def _count_programs(config: ml_collections.ConfigDict, num_steps: int) -> tuple[int, int]:
+    """(programs compiled, distinct plans) when the trainer's `StepCache` runs the first
+    `num_steps` planned steps (e.g. FlexiViT's random patch sizes) on synthetic batches; a
+    recompile (a changed shape, dtype or weak type between steps) would make the first larger."""
+    s = trainer.setup(copy.deepcopy(config))
+    state, shardings = s.init_state()
+    bs = shd.batch_sharding(s.mesh)
+    cache = steps.StepCache(lambda plan: s.make_step(plan), in_shardings=(shardings, bs),
+                            out_shardings=(shardings, shd.replicated(s.mesh)),
+                            donate_argnums=(0,))
+    batch = _synthetic_batch(s.spec, config.input.batch_size, config.num_classes, bs)
+    plans = [s.plan(i) for i in range(num_steps)]
+    m = None
+    for plan in plans:
+        state, m = cache(plan)(state, batch)
+    jax.block_until_ready(m)
+    return cache.num_compiled, len(set(plans))

@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host TPU pods / SLURM "
                         "GPU clusters: coordinator and process ids are auto-detected)")
+    t.add_argument("--coordinator_address", default=None,
+                   help="with --distributed where nothing auto-detects it: host:port of "
+                        "process 0")
+    t.add_argument("--num_processes", type=int, default=None, help="with --distributed")
+    t.add_argument("--process_id", type=int, default=None, help="with --distributed")
     e = sub.add_parser("eval", help="evaluate a checkpoint on the config's evals")
     e.add_argument("--config", required=True)
     e.add_argument("--checkpoint", required=True,
@@ -122,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             if args.distributed:
                 import jax
-                jax.distributed.initialize()
+                jax.distributed.initialize(args.coordinator_address, args.num_processes,
+                                           args.process_id)
+            elif args.coordinator_address or args.num_processes or args.process_id is not None:
+                raise config_lib.ConfigError("--coordinator_address/--num_processes/--process_id "
+                                             "need --distributed; add it")
             from vitx import experiment
             experiment.train(config, args.workdir)
         elif args.command == "eval":

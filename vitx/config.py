@@ -18,9 +18,7 @@ from typing import Any
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-    """A bad config: the message names the key/file/value and the fix."""
+from vitx.utils import ConfigError  # noqa: F401 - re-exported: vitx.config.ConfigError
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

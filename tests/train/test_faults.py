@@ -32,6 +32,7 @@ from vitx.data import pipeline, preprocess
 from vitx.train import steps, trainer
 from vitx.utils import TrainingDiverged, checkpoints
 
+pytestmark = pytest.mark.usefixtures("compile_cache")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_FILE = os.path.join(REPO, "configs", "vit_digits.py")
 PP_16 = "decode(channels=1)|resize(16)|value_range(-1,1)|onehot(10)"
@@ -61,34 +62,6 @@ if "test_nan_one_in" not in preprocess.registered_ops():
 
 def nan_pp(n: int) -> str:
     return f"decode(channels=1)|resize(16)|value_range(-1,1)|test_nan_one_in({n})|onehot(10)"
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from vitx.data.builders import ensure_built
-
-    d = str(tmp_path_factory.mktemp("tfds"))
-    ensure_built("digits", d)
-    return d
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory: pytest.TempPathFactory):
-    """A persistent compilation cache for this module only (restored afterwards)."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    d = str(tmp_path_factory.mktemp("jax_cache"))
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    old = {n: getattr(jax.config, n) for n in names}
-    jax.config.update("jax_compilation_cache_dir", d)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    cc.reset_cache()
-    yield d
-    for n, v in old.items():
-        jax.config.update(n, v)
-    cc.reset_cache()
 
 
 def tiny_config(data_dir: str, *extra: str):

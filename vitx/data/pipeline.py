@@ -367,7 +367,8 @@ def element_spec(*, name: str, split: str, data_dir: str | None, pp: str,
     Raises:
       ValueError: as `build_dataset` (unknown dataset, bad pp).
     """
-    ds = build_dataset(name=name, split=split, data_dir=data_dir, pp=pp, global_batch_size=1,
+    ds = build_dataset(name=name, split=split, data_dir=data_dir, pp=pp,
+                       global_batch_size=jax.process_count(),
                        train=False, cache=False, label_subset=label_subset)
     out = {}
     for key, spec in ds.element_spec.items():

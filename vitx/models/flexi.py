@@ -56,7 +56,8 @@ class FlexiPatchEmbed(nn.Module):
 
     Call: images (B, H, W, C) and a static patch size (ph, pw) -> tokens (B, H/ph, W/pw, D). The
     kernel is resized with `resize.pi_resize_patch_kernel` (identity at the base size; the
-    bias is never resized) and applied as a VALID conv with stride = patch size, computed in
+    bias is never resized) and applied as a VALID conv with stride = patch size (`layers.patchify`:
+    a matmul by default, `impl`), computed in
     `dtype` (params stay float32).
 
     Source: FlexiViT, CVPR 2023, Sec. 3.4 (PI-resize), Sec. 3.1 (ViT patch embedding).
@@ -69,6 +70,7 @@ class FlexiPatchEmbed(nn.Module):
     base_patch_size: Sequence[int] = (32, 32)
     resize_method: str = "bilinear"
     dtype: Any = jnp.float32
+    impl: str = "matmul"
 
     @nn.compact
     def __call__(self, x: Array, patch_size: tuple[int, int]) -> Array:
@@ -83,9 +85,7 @@ class FlexiPatchEmbed(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         kernel = resize.pi_resize_patch_kernel(kernel, (ph, pw), self.resize_method)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = jax.lax.conv_general_dilated(x, kernel, window_strides=(ph, pw), padding="VALID",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + jnp.reshape(bias, (1, 1, 1, -1))
+        return layers.patchify(x, kernel, bias, self.impl)
 
 
 class _FlexiViT(vit._ViT):
@@ -128,7 +128,8 @@ class _FlexiViT(vit._ViT):
         """
         return FlexiPatchEmbed(self.width, base_patch_size=self.base_patch_size,
                                resize_method=self.resize_method,
-                               dtype=vit._dtype(self.dtype_mm), name="embedding")(
+                               dtype=vit._dtype(self.dtype_mm), impl=self.patch_embed,
+                               name="embedding")(
             x, self._patch_size(patch_size))
 
     def add_posemb(self, x: Array, grid: tuple[int, int], patch_size: Any = None,

@@ -92,7 +92,7 @@ logger = logging.getLogger(__name__)
 _MODALITY_KEYS = ("patch_size", "tubelet", "input_shape")
 _HEAD_KEYS = ("modality", "num_classes")
 _VIT_KW = ("width", "depth", "mlp_dim", "num_heads", "dropout", "scan", "remat_policy",
-           "dtype_mm", "head_zeroinit")
+           "dtype_mm", "head_zeroinit", "patch_embed", "attention_impl")
 INFLATIONS = ("central", "average")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -262,6 +262,7 @@ class _Tokenizer(nn.Module):
     input_shape: tuple[int, ...]
     width: int
     dtype_mm: str = "float32"
+    patch_embed: str = "matmul"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -270,8 +271,8 @@ class _Tokenizer(nn.Module):
                              f"{self.modality!r} does not match model.modalities."
                              f"{self.modality}.input_shape={tuple(self.input_shape)}; set "
                              f"input_shape to {tuple(x.shape[1:])} or fix the preprocessing")
-        x = nn.Conv(self.width, tuple(self.patch), strides=tuple(self.patch), padding="VALID",
-                    name="embedding", dtype=vit._dtype(self.dtype_mm))(x)
+        x = layers.PatchEmbed(self.width, tuple(self.patch), dtype=vit._dtype(self.dtype_mm),
+                              impl=self.patch_embed, name="embedding")(x)
         b, d = x.shape[0], x.shape[-1]
         x = jnp.reshape(x, (b, -1, d))  # raster order; time-major for tubelets
         pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, x.shape[1], d),
@@ -290,6 +291,7 @@ class _Blocks(nn.Module):
     dropout: float = 0.0
     remat_policy: str | None = None
     dtype_mm: str = "float32"
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
@@ -302,7 +304,8 @@ class _Blocks(nn.Module):
                              policy=layers.REMAT_POLICIES[self.remat_policy])
         for i in range(self.depth):
             x, _ = block(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
-                         dtype_mm=vit._dtype(self.dtype_mm), name=f"encoderblock_{i}")(
+                         dtype_mm=vit._dtype(self.dtype_mm), attention_impl=self.attention_impl,
+                         name=f"encoderblock_{i}")(
                 x, not train)
         return x
 
@@ -333,6 +336,8 @@ class _PolyViT(nn.Module):
     remat_policy: str | None = None
     dtype_mm: str = "float32"
     head_zeroinit: bool = True
+    patch_embed: str = "matmul"
+    attention_impl: str = "auto"
 
     def route(self, modality: str | None, task: str | None) -> tuple[str, str]:
         """The (modality, task) a call runs, with omitted parts filled in when implied."""
@@ -371,11 +376,12 @@ class _PolyViT(nn.Module):
         dtype = vit._dtype(self.dtype_mm)
         # Built here (cheap, no params yet); only the modules called below create params.
         tokenizers = {name: _Tokenizer(name, patch, shape, self.width, self.dtype_mm,
-                                       name=f"tokenizer_{name}")
+                                       self.patch_embed, name=f"tokenizer_{name}")
                       for name, patch, shape in self.modalities}
         adapters = {name: _Blocks(depth=k, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                                   dropout=self.dropout, remat_policy=self.remat_policy,
-                                  dtype_mm=self.dtype_mm, name=f"modality_layers_{name}")
+                                  dtype_mm=self.dtype_mm, attention_impl=self.attention_impl,
+                                  name=f"modality_layers_{name}")
                     for name, _, _ in self.modalities} if k else {}
         init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.lecun_normal()
         heads = {t: nn.Dense(n, kernel_init=init, name=f"head_{t}") for t, _, n in self.heads}
@@ -399,7 +405,7 @@ class _PolyViT(nn.Module):
         x = layers.Encoder(
             depth=self.depth - k, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
             dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
-            dtype_mm=dtype, name="Transformer")(x, train=train)
+            dtype_mm=dtype, attention_impl=self.attention_impl, name="Transformer")(x, train=train)
         out["encoded"] = x
         x = x[:, 0]  # cls token ("tok" pooling, as PolyViT)
         out["pre_logits"] = x
@@ -415,7 +421,8 @@ def Model(num_classes: int | None = None, *, variant: str | None = "pico",  # no
 
     `num_classes`: default of the heads' `num_classes`. `variant`: a size of `vit.WIDTHS` (e.g.
     "pico", "B"; None: give width/depth/num_heads); `vit_kw`: width, depth, mlp_dim, num_heads,
-    dropout, scan (shared encoder only), remat_policy, dtype_mm, head_zeroinit.
+    dropout, scan (shared encoder only), remat_policy, dtype_mm, head_zeroinit, patch_embed,
+    attention_impl (as in `vit`).
     `num_modality_layers` (L_adapt of PolyViT) of the `depth` blocks run per modality
     before the `depth - num_modality_layers` shared ones.
 

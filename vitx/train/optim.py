@@ -22,17 +22,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from vitx.config import ConfigError
 from vitx.train.sharding import path_name
+from vitx.utils import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")
 DECAY_TYPES = ("cosine", "linear", "rsqrt", "constant")
 
 
-def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+def make_schedule(config: Any) -> optax.Schedule:
     """Linear warmup from 0 to `lr` over `schedule.warmup_steps`, then the decay to `total_steps`.
 
     Raises:
@@ -90,12 +89,12 @@ def lr_mult_tree(params: Any, lr_mults: Sequence[tuple[str, Any]] | None) -> Any
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def frozen_mask(params: Any, config: ml_collections.ConfigDict) -> Any:
+def frozen_mask(params: Any, config: Any) -> Any:
     """True for params frozen by `lr_mults` (multiplier 0 or None)."""
     return jax.tree.map(lambda m: m == 0.0, lr_mult_tree(params, config.get("lr_mults")))
 
 
-def _base_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+def _base_optimizer(config: Any, schedule: optax.Schedule,
                     wd_mask: Any) -> optax.GradientTransformation:
     name = config.get("optax_name", "adamw")
     kw = dict(config.get("optax") or {})
@@ -122,7 +121,7 @@ def _make_base(name: str, kw: dict, wd: float, schedule: optax.Schedule,
     raise ConfigError(f"optax_name={name!r} is unknown; use one of {OPTIMIZERS}")
 
 
-def make_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
+def make_optimizer(config: Any, params: Any) -> optax.GradientTransformation:
     """The full update rule: clip -> optimizer(schedule, wd on kernels) -> lr multipliers.
 
     Frozen params (see `lr_mults`) get `optax.set_to_zero()` and hold no optimizer state.

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vitx.config import ConfigError
+from vitx.utils import ConfigError
 
 BATCH_AXES = ("data", "fsdp")
 

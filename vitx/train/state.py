@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from vitx.train import checkpoint as ckpt_lib
 from vitx.train import sharding as shd
@@ -52,7 +51,7 @@ def abstract_params(model: Any, task: Any, spec: ExampleSpec,
     return jax.eval_shape(init, jax.random.PRNGKey(0))["params"]
 
 
-def init_state(config: ml_collections.ConfigDict, model: Any, task: Any, tx: Any,
+def init_state(config: Any, model: Any, task: Any, tx: Any,
                spec: ExampleSpec, mesh: Any, model_kw: Mapping[str, Any], *,
                materialize: bool = True) -> tuple[dict, Any]:
     """Random init of the train state directly into its shardings. Returns (state, shardings).

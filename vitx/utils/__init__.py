@@ -1,6 +1,7 @@
 """Small helpers shared by every layer (the bottom of the import graph, with `vitx.config`).
 
-`vitx.utils` imports nothing else from vitx: `tree` ('/'-path param trees, strict merge), `npz`
+`vitx.utils` imports nothing else from vitx: `ConfigError` (a bad config's one-line error),
+`tree` ('/'-path param trees, strict merge), `npz`
 (the vitx / vit_jax / big_vision .npz layouts), `checkpoints` (the one resolver of
 `WORKDIR[/checkpoints[/STEP]]`, `file.npz` and `...:subtree` specs). Here: `TrainingDiverged`
 (the NaN guard's error; `vitx train` exits 1), `check_writable` (a directory's writability and
@@ -19,8 +20,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TrainingDiverged", "check_writable", "describe_os_error", "pair",
+__all__ = ["ConfigError", "TrainingDiverged", "check_writable", "describe_os_error", "pair",
            "write_json_atomic"]
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names the key/file/value and the fix (`vitx.config` re-exports
+    it; it lives here so the model zoo and train step import without ml_collections)."""
 
 
 class TrainingDiverged(FloatingPointError):

@@ -24,7 +24,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from vitx.utils import npz
 
@@ -106,6 +105,8 @@ def resolve(spec: str) -> Resolved:
             raise FileNotFoundError(
                 f"checkpoint {spec!r} ({path}) holds no vitx checkpoint; pass a workdir of a run "
                 f"(WORKDIR, WORKDIR/checkpoints or WORKDIR/checkpoints/STEP) or a .npz file")
+        import orbax.checkpoint as ocp  # lazy: models import without orbax (GPU images)
+
         mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
             read_only=True))
         step = mngr.latest_step()
@@ -176,6 +177,8 @@ def _restore(r: Resolved) -> tuple[dict[str, Any], dict[str, Any]]:
       ValueError: the checkpoint is damaged (one line naming the step directory, the reason
         and the fix).
     """
+    import orbax.checkpoint as ocp  # lazy: models import without orbax (GPU images)
+
     try:
         with ocp.CheckpointManager(
                 r.path, options=ocp.CheckpointManagerOptions(read_only=True),
