@@ -4,10 +4,11 @@
     python scripts/seeds_table.py polyvit          # prints the table from workdirs/
     python scripts/seeds_table.py assemblenet --run
     python scripts/seeds_table.py conv --run       # CoAtNet and hybrid ViT vs ViT on digits
+    python scripts/seeds_table.py vit --run        # `make train`'s config (ViT, 1,000 steps)
 
 Each run is `vitx train --config <config>:<args>,seed=<s> --workdir workdirs/<table>_<row>_s<s>
---config.data_dir=data/tfds`; cells are test accuracy in % (mean +- std over the seeds, numpy's
-population std), with the mean train time.
+--config.data_dir=data/tfds`; cells are test accuracy in % (losses as they are): mean +- std
+over the seeds (numpy's population std), then each seed's value, with the mean train time.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ TABLES = {
                      ("all_self", "streams=video+flow+mask,attention=self"),
                      ("all_none", "streams=video+flow+mask,attention=none")],
                     ["test/accuracy"]),
+    "vit": ("", [("vit_digits", "configs/vit_digits.py:steps=1000")], ["test/accuracy",
+                                                                       "test/loss"]),
     "conv": ("", [("vit", "configs/vit_digits.py:steps=500"),
                   ("coatnet", "configs/coatnet_digits.py:steps=500"),
                   ("hybrid", "configs/hybrid_digits.py:steps=500")],
@@ -79,8 +82,10 @@ def main() -> int:
             continue
         cells = []
         for m in metrics:
-            accs = [100 * r[m] for r in res if m in r]
-            cells.append(f"{np.mean(accs):.1f} ± {np.std(accs):.1f}" if accs else "")
+            scale, fmt = (1, ".4f") if "loss" in m else (100, ".1f")
+            vals = [scale * r[m] for r in res if m in r]
+            each = ", ".join(f"{v:{fmt}}" for v in vals)
+            cells.append(f"{np.mean(vals):{fmt}} ± {np.std(vals):{fmt}} ({each})" if vals else "")
         secs = np.mean([r["train_seconds"] for r in res])
         print(f"| {row} | " + " | ".join(cells) + f" | {secs:.0f} s | {len(res)} |")
     return 0

@@ -28,6 +28,9 @@ SMALL = [
     (re.compile(r"^make train\b"), f'ARGS="{_TRAIN}"'),
     (re.compile(r"\bvitx (train|sweep)\b"), _TRAIN),
     (re.compile(r"\bvitx bench\b"), "--steps 1"),
+    (re.compile(r"scripts/bench_peers\.py\b"),
+     "--variant Ti/16 --batch 2 --image-size 32 --steps 1 --rounds 1"),
+    (re.compile(r"scripts/scale_on_paper\.py\b"), "--quick"),
 ]
 
 
@@ -42,11 +45,17 @@ def readme_commands(text: str) -> list[str]:
     return commands
 
 
+_SHELL_OP = re.compile(r"\s+(?:\d?>|&|\||;)")
+
+
 def with_small_steps(command: str) -> str:
+    """`command` with its `SMALL` overrides, placed before any redirection, `&`, pipe or `;`."""
     cmd = command.split(" #", 1)[0].rstrip()
     for pattern, extra in SMALL:
         if pattern.search(cmd):
-            return f"{cmd} {extra}"
+            op = _SHELL_OP.search(cmd)
+            cut = op.start() if op else len(cmd)
+            return f"{cmd[:cut]} {extra}{cmd[cut:]}"
     return cmd
 
 
@@ -55,6 +64,8 @@ def test_readme_parser():
     assert readme_commands(text) == ["a --b c  # note", "d"]
     assert with_small_steps("make train   # trains") == f'make train ARGS="{_TRAIN}"'
     assert with_small_steps("vitx train --config c.py").endswith("--config.log_every_steps=1")
+    assert with_small_steps("vitx train --config c.py > log 2>&1 &") == (
+        f"vitx train --config c.py {_TRAIN} > log 2>&1 &")
 
 
 @pytest.fixture(scope="module")

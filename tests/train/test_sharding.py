@@ -98,3 +98,33 @@ def test_spec_rules_first_match_and_explicit_specs():
     with pytest.raises(ConfigError, match="names mesh axis 'tensor'"):
         shd.spec_for("x", (4,), mesh, [("x", ("tensor",))])
     assert jax.device_count() >= 1
+
+
+def test_tensor_parallel_rules_fit_scanned_encoders():
+    """Per-layer Megatron specs apply to `model.scan=True` params (leading depth axis kept
+    unsharded), and to unscanned ones unchanged; other rank mismatches are still errors."""
+    mesh = shd.make_mesh([("data", -1), ("fsdp", 1), ("model", 1)])
+    rules = shd.TENSOR_PARALLEL_RULES
+    name = "params/Transformer/encoderblock{}/MlpBlock_0/Dense_0/{}"
+    assert shd.spec_for(name.format("", "kernel"), (12, 8, 32), mesh, rules) == \
+        P(None, None, "model")
+    assert shd.spec_for(name.format("", "bias"), (12, 32), mesh, rules) == P(None, "model")
+    assert shd.spec_for(name.format("_3", "kernel"), (8, 32), mesh, rules) == P(None, "model")
+    with pytest.raises(ConfigError, match="rank 1"):
+        shd.spec_for(name.format("_3", "bias"), (12, 32), mesh, rules)
+
+
+def test_fsdp_tensor_parallel_rules_shard_both_axes_of_each_matrix():
+    import numpy as np
+
+    mesh = shd.make_mesh([("data", 1), ("fsdp", 1), ("model", 1)])
+    rules = [*shd.FSDP_TENSOR_PARALLEL_RULES, (".*", "fsdp")]
+    name = "params/Transformer/encoderblock_0/"
+    for leaf, shape, want in [
+            ("MlpBlock_0/Dense_0/kernel", (8, 32), P("fsdp", "model")),
+            ("MlpBlock_0/Dense_1/kernel", (32, 8), P("model", "fsdp")),
+            ("MultiHeadDotProductAttention_0/query/kernel", (8, 2, 4), P("fsdp", "model", None)),
+            ("MultiHeadDotProductAttention_0/out/kernel", (2, 4, 8), P("model", None, "fsdp"))]:
+        spec = shd.spec_for(name + leaf, shape, mesh, rules)
+        assert spec == want, leaf
+        assert {a for a in spec if a} == {"fsdp", "model"} and np.prod(shape) > 0

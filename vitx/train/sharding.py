@@ -11,7 +11,9 @@ leaf's '/'-joined path (e.g. "params/Transformer/encoderblock_0/MlpBlock_0/Dense
     (ZeRO-3 style, as big_vision's `fsdp` strategy); replicated when none divides;
   - a tuple of mesh-axis names / None, one per dimension: an explicit PartitionSpec
     (tensor parallelism, e.g. `(None, "model")` for `MlpBlock_0/Dense_0/kernel`).
-Leaves that match no rule are replicated. Optimizer states carry their param's path, so one rule
+Leaves that match no rule are replicated. Explicit specs written for one layer also fit the
+stacked params of a scanned encoder (`model.scan=True`): the depth axis is left unsharded.
+Optimizer states carry their param's path, so one rule
 covers a param and its Adam moments.
 """
 
@@ -28,6 +30,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from vitx.utils import ConfigError
 
 BATCH_AXES = ("data", "fsdp")
+# Leaves of `model.scan=True` encoders (`Transformer/encoderblock/...`, no `_i`): one more
+# (leading, depth) dimension than the per-layer rules are written for.
+_SCANNED = re.compile(r"/encoderblock/")
 
 # Megatron-style tensor parallelism for the ViT encoder (Shoeybi et al. 2019, Sec. 3).
 TENSOR_PARALLEL_RULES: list[tuple[str, Any]] = [
@@ -37,6 +42,19 @@ TENSOR_PARALLEL_RULES: list[tuple[str, Any]] = [
     (r"MultiHeadDotProductAttention_0/(query|key|value)/kernel$", (None, "model", None)),
     (r"MultiHeadDotProductAttention_0/(query|key|value)/bias$", ("model", None)),
     (r"MultiHeadDotProductAttention_0/out/kernel$", ("model", None, None)),
+]
+
+
+# The same split combined with fsdp (2D: e.g. fsdp 16 x model 4 for ViT-g on 64 chips): the
+# other dimension of each Megatron-split matrix is sharded over "fsdp"; put `(".*", "fsdp")`
+# after these for the rest (embeddings, norms, head).
+FSDP_TENSOR_PARALLEL_RULES: list[tuple[str, Any]] = [
+    (r"MlpBlock_0/Dense_0/kernel$", ("fsdp", "model")),
+    (r"MlpBlock_0/Dense_0/bias$", ("model",)),
+    (r"MlpBlock_0/Dense_1/kernel$", ("model", "fsdp")),
+    (r"MultiHeadDotProductAttention_0/(query|key|value)/kernel$", ("fsdp", "model", None)),
+    (r"MultiHeadDotProductAttention_0/(query|key|value)/bias$", ("model", None)),
+    (r"MultiHeadDotProductAttention_0/out/kernel$", ("model", None, "fsdp")),
 ]
 
 
@@ -114,6 +132,8 @@ def spec_for(name: str, shape: tuple[int, ...], mesh: Mesh,
         if spec == "fsdp":
             return _fsdp_spec(shape, mesh)
         spec = tuple(spec)
+        if len(spec) + 1 == len(shape) and _SCANNED.search(name):
+            spec = (None, *spec)  # nn.scan'ed blocks: params stacked on a leading depth axis
         if len(spec) != len(shape):
             raise ConfigError(f"sharding_rules: {regex!r} -> {spec} has rank {len(spec)} but "
                               f"{name} has shape {shape}; give one entry per dimension")

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
+
+from vitx.data.builders.base import LocalBuilder
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (8, 8, 1)
@@ -58,19 +59,11 @@ def load_arrays() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return {"train": (x_tr, y_tr, id_tr), "test": (x_te, y_te, id_te)}
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
+class Digits(LocalBuilder):
     """scikit-learn's 1,797 8x8 handwritten digit scans (10 classes), built offline."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release (sklearn load_digits, stratified 80/20 split)."}
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        # tfds 4.9.10's default looks up `importlib_resources.abc.Traversable` for builders
-        # defined outside tensorflow_datasets; that backport is only installed on
-        # Python < 3.9, so the lookup raises ModuleNotFoundError on our Python 3.11.
-        return epath.Path(__file__)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
+
+from vitx.data.builders.base import LocalBuilder
 
 SAMPLE_RATE = 8000  # Hz
 CLIP_SECONDS = 1.0
@@ -146,17 +147,11 @@ def generate_clips(split: str) -> Iterator[tuple[int, dict[str, Any]]]:
         yield i, {"audio": audio, "label": int(labels[i])}
 
 
-class DtmfKeys(tfds.core.GeneratorBasedBuilder):
+class DtmfKeys(LocalBuilder):
     """1 s, 8 kHz DTMF tones of the 12 telephone keys with random timing, level and noise."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release (1,200 train / 360 test clips)."}
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        # See digits.Digits.code_path: tfds 4.9.10's default lookup fails on Python 3.11.
-        return epath.Path(__file__)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

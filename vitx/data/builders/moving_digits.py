@@ -54,9 +54,9 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
 from vitx.data.builders import digits
+from vitx.data.builders.base import LocalBuilder
 
 NUM_FRAMES = 8
 FRAME_SIZE = 32
@@ -201,17 +201,11 @@ def generate_clips(split: str) -> Iterator[tuple[int, dict[str, Any]]]:
         )
 
 
-class MovingDigits(tfds.core.GeneratorBasedBuilder):
+class MovingDigits(LocalBuilder):
     """8-frame 32x32 clips of one real digit scan bouncing around, with mask and flow."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release (2 clips per digits-train scan, 1 per test)."}
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        # See digits.Digits.code_path: tfds 4.9.10's default lookup fails on Python 3.11.
-        return epath.Path(__file__)
 
     def _info(self) -> tfds.core.DatasetInfo:
         zlib = tfds.features.Encoding.ZLIB  # mostly-zero arrays: ~30x smaller on disk
