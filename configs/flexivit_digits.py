@@ -26,12 +26,13 @@ Commands (the README's "FlexiViT" table; each resumable):
   vitx train --config configs/flexivit_digits.py:fixed12 --workdir workdirs/flexi_ft12 \
       --config.data_dir=data/tfds --config.model_init=workdirs/flexi
 
-Expected results (measured on a 2-core CPU, seed 0; test accuracy at patch 4/6/8/12/16/24):
-  flexi     95.6 / 95.3 / 93.1 / 87.5 / 85.3 / 93.1 %  (1,200 steps, 333 s; 6 compiled programs)
-            98.6 / 97.5 / 96.1 / 93.6 / 89.7 / 95.8 %  with --config.total_steps=2400
-  vit8      98.3 % at patch 8 (302 s); vit8_eval: 87.2 / 97.2 / 98.3 / 69.2 / 32.5 / 13.3 %
-  distill   99.2 / 98.6 / 98.6 / 91.4 / 81.9 / 94.4 %  (600 steps, 213 s)
-  fixed12   94.7 / 95.3 / 91.1 / 91.1 / 82.5 / 90.8 %  (300 steps at patch 12, 42 s)
+Expected results (`python scripts/seeds_table.py flexi --run --transpose`: one 2-core AMD EPYC
+CPU, test accuracy at patch 4/6/8/12/16/24, mean over seeds 0, 1, 2 (std 0.2-5.5 points; the
+README table has each std), mean train time):
+  flexi     96.2 / 96.4 / 92.2 / 84.4 / 83.6 / 93.1 %  (1,200 steps, 394 s; 6 compiled programs)
+  vit8      98.2 % at patch 8 (250 s); vit8_eval: 87.8 / 96.7 / 98.2 / 75.0 / 44.0 / 13.1 %
+  distill   98.1 / 98.1 / 96.8 / 91.6 / 88.1 / 91.2 %  (600 steps, 247 s)
+  fixed12   93.1 / 94.8 / 92.8 / 90.0 / 81.5 / 86.2 %  (300 steps at patch 12, 47 s)
 """
 
 import os

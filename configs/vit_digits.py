@@ -5,14 +5,14 @@ Command (what `make train` runs; resumable, re-run the same line after an interr
   vitx train --config configs/vit_digits.py --workdir workdirs/vit_digits \
       --config.data_dir=data/tfds
 
-Expected result (measured, 2-core CPU): test/accuracy 98.3 +- 1.0 % over seeds 0, 1, 2
-(98.9, 99.2, 96.9 %), test/loss 0.142 +- 0.014; seed 0 (the default): 0.9889 (356 of the 360
-test scans), test/loss 0.1421 after 1,000 steps, bitwise the same on a re-run on the same
-machine and software (other CPUs give other floats). Time: ~7 steps/s, 151 s of training;
-`make train` from a fresh clone took 4 minutes end to end (venv + install from a warm pip
-cache, data preparation, training, evaluations), interrupted with Ctrl-C at step 649 and
-resumed, ending at the identical accuracy and loss. Beside other jobs on the same cores: 304 s
-of training. The SVM baseline on this split: 98.9 %.
+Expected result (measured on a 2-core AMD EPYC CPU, `python scripts/seeds_table.py vit --run`):
+test/accuracy 98.1 +- 0.7 % over seeds 0, 1, 2 (98.6, 98.6, 97.2 %), test/loss 0.150 +- 0.021;
+seed 0 (the default): 0.9861 (355 of the 360 test scans), test/loss 0.1390 after 1,000 steps,
+bitwise the same on a re-run on the same machine and software (other CPUs give other floats).
+Time: 107 s of training on average (~9 steps/s); `make train` from a fresh clone took 4 minutes
+end to end (venv + install from a warm pip cache, data preparation, training, evaluations),
+interrupted with Ctrl-C at step 649 and resumed, ending at the identical accuracy and loss.
+The SVM baseline on this split: 98.9 %.
 A 60-step smoke run: `--config configs/vit_digits.py:quick` (~1 minute, ~65 %). Arguments:
 `configs/vit_digits.py:variant=S/8,steps=200,seed=1,quick` (an unknown one is an error listing
 these).

@@ -7,8 +7,9 @@ r"""Peer benchmark: the same ViT train step in vitx, big_vision and timm, measur
 Needs the `bench` extra for timm (`pip install -e ".[bench]"`: timm, torch, torchvision); without
 timm the timm row is skipped. Each framework runs in its own subprocess (one process tree, so no
 framework's thread pool or compile cache leaks into another's), `--rounds` times, interleaved
-(vitx, vitx-plain, big_vision, timm, vitx, ...), and a row reports the best round: a load change
-on a shared machine then hits every row alike. Every step is the same math: the model's
+(vitx, vitx-plain, big_vision, timm, vitx, ...), so a load change on a shared machine hits
+every row alike; a row reports the mean +- std of its rounds' images/s (ratios and MFU from the
+means). Every step is the same math: the model's
 forward pass on a fixed random batch, softmax cross-entropy on one-hot labels, backward, an
 adam update (lr 1e-3, no schedule, no weight decay), all params float32; `--dtype bfloat16`
 runs the matmuls in bfloat16 (vitx / big_vision `dtype_mm`, timm `torch.autocast`).
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--steps", type=int, default=3, help="timed steps per round (after one)")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="PyTorch intra-op threads (XLA:CPU uses every core)")
@@ -209,13 +211,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             row["img_per_s"] = args.batch / row["step_s"]
             print(f"  round {r}: {name:<11} {row['img_per_s']:8.2f} img/s")
-            if name not in best or row["img_per_s"] > best[name]["img_per_s"]:
-                best[name] = row
+            rounds = best.get(name, {}).get("rounds", []) + [row["img_per_s"]]
+            best[name] = {**row, "rounds": rounds, "img_per_s": sum(rounds) / len(rounds),
+                          "img_per_s_std": statistics.pstdev(rounds),
+                          "step_s": args.batch * len(rounds) / sum(rounds)}
     flops = best.get("vitx", {}).get("flops", 0.0)
     timm_ips = best.get("timm", {}).get("img_per_s")
     print(f"\nmatmul peak ({args.dtype}, this run): {peak / 1e9:.1f} GFLOP/s; "
           f"FLOPs per step (XLA, vitx step): {flops / 1e9:.1f} GFLOP")
-    print("| framework | images/s | vs timm | achieved GFLOP/s | fraction of matmul peak |")
+    print("| framework | images/s (mean ± std over rounds) | vs timm | achieved GFLOP/s | "
+          "fraction of matmul peak |")
     print("|---|---|---|---|---|")
     rows = []
     for name, row in best.items():
@@ -225,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         vs = f"x{row['vs_timm']:.2f}" if row["vs_timm"] else "-"
         mfu = f"{row['mfu']:.0%}" if row["mfu"] is not None else "-"
-        print(f"| {name} | {row['img_per_s']:.2f} | {vs} | {achieved / 1e9:.1f} | {mfu} |")
+        print(f"| {name} | {row['img_per_s']:.2f} ± {row['img_per_s_std']:.2f} | {vs} | "
+              f"{achieved / 1e9:.1f} | {mfu} |")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"args": {k: v for k, v in vars(args).items() if k != "worker"},

@@ -7,12 +7,19 @@ Reads the metrics that `vitx train` (results.json) and `vitx eval` (eval_metrics
 
 Prints one row per patch size (tokens, accuracy of each run) — the FlexiViT paper's Fig. 3/7
 on our data — and writes the two-panel plot (accuracy vs patch size and vs sequence length).
+A run given as comma-separated paths (one per seed) is their mean, e.g. the README's plot from
+`python scripts/seeds_table.py flexi --run`'s workdirs:
+
+  python scripts/flexi_table.py --image_size 48 --plot docs/flexivit_digits.png \
+      --run "FlexiViT=workdirs/flexi_flexi_s0/results.json,workdirs/flexi_flexi_s1/results.json"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+
+import numpy as np
 
 from vitx.utils import plots
 
@@ -26,9 +33,13 @@ def main() -> None:
     args = ap.parse_args()
     runs: dict[str, dict[int, float]] = {}
     for item in args.run:
-        name, _, path = item.partition("=")
-        with open(path) as f:
-            runs[name] = plots.read_per_size_metrics(json.load(f), args.prefix)
+        name, _, paths = item.partition("=")
+        seeds = []
+        for path in paths.split(","):
+            with open(path) as f:
+                seeds.append(plots.read_per_size_metrics(json.load(f), args.prefix))
+        sizes = sorted(set.intersection(*(set(r) for r in seeds)))
+        runs[name] = {p: float(np.mean([r[p] for r in seeds])) for p in sizes}
     sizes = sorted({p for r in runs.values() for p in r})
     print("| patch size | tokens | " + " | ".join(runs) + " |")
     print("|---|---|" + "---|" * len(runs))

@@ -5,15 +5,22 @@
     python scripts/seeds_table.py assemblenet --run
     python scripts/seeds_table.py conv --run       # CoAtNet and hybrid ViT vs ViT on digits
     python scripts/seeds_table.py vit --run        # `make train`'s config (ViT, 1,000 steps)
+    python scripts/seeds_table.py transfer --run   # pretrain -> fine-tune (posemb ablations)
+    python scripts/seeds_table.py flexi --run --transpose  # accuracy per patch size (Fig. 3/7)
+    python scripts/seeds_table.py flexi --run --rows flexi2400   # only the rows named
 
 Each run is `vitx train --config <config>:<args>,seed=<s> --workdir workdirs/<table>_<row>_s<s>
---config.data_dir=data/tfds`; cells are test accuracy in % (losses as they are): mean +- std
-over the seeds (numpy's population std), then each seed's value, with the mean train time.
+--config.data_dir=data/tfds` (`--config.seed=<s>` for configs without a seed argument), with
+`--config.model_init` / `--config.distill.teacher` pointing at the same seed's workdir of the
+row it builds on; an eval row runs `vitx eval` on another row's checkpoint. Cells are test
+accuracy in % (losses as they are): mean +- std over the seeds (numpy's population std), then
+each seed's value, with the mean train time.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,7 +31,24 @@ import numpy as np
 POLYVIT_TASKS = ("digits", "video_digit", "video_direction", "dtmf")
 SCHEDULES = ("task_by_task", "alternating", "uniform", "weighted", "accumulated")
 
-# table -> (config file, [(row, config args)], [metric columns])
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row: `args` for the config; `init`/`teacher`/`eval_of` name rows of the same seed."""
+
+    name: str
+    args: str
+    init: str = ""  # --config.model_init=<that row's workdir>
+    teacher: str = ""  # --config.distill.teacher=<that row's workdir>
+    eval_of: str = ""  # `vitx eval` of that row's checkpoint instead of training
+    extra: tuple[str, ...] = ()  # more command-line overrides
+    hidden: bool = False  # trained (another row builds on it) but not a table row
+
+
+FLEXI_SIZES = (4, 6, 8, 12, 16, 24)
+
+# table -> (config file, [(row, config args)] or [Row], [metric columns])
 TABLES = {
     "polyvit": ("configs/polyvit_digits.py",
                 [(s, f"schedule={s}") for s in SCHEDULES]
@@ -42,7 +66,27 @@ TABLES = {
                   ("coatnet", "configs/coatnet_digits.py:steps=500"),
                   ("hybrid", "configs/hybrid_digits.py:steps=500")],
              ["test/accuracy"]),
+    "transfer": ("configs/transfer_digits.py",
+                 [Row("pretrain16", "pretrain16"),
+                  Row("finetune32", "finetune32", init="pretrain16"),
+                  Row("finetune32_reinit_posemb", "finetune32_reinit_posemb",
+                      init="pretrain16"),
+                  Row("scratch32", "scratch32"),
+                  Row("pretrain04", "pretrain04"),
+                  Row("finetune59", "finetune59", init="pretrain04"),
+                  Row("scratch59", "finetune59")],
+                 ["test/accuracy"]),
+    "flexi": ("configs/flexivit_digits.py",
+              [Row("vit8", "vit8", hidden=True),
+               Row("vit8_eval", "vit8_eval", eval_of="vit8"),
+               Row("flexi", "flexi"),
+               Row("fixed12", "fixed12", init="flexi"),
+               Row("distill", "distill", init="vit8", teacher="vit8"),
+               Row("flexi2400", "flexi", extra=("--config.total_steps=2400",))],
+              [f"test/accuracy@{p}" for p in FLEXI_SIZES]),
 }
+# Tables whose config file takes no `seed=` argument: the seed is a command-line override.
+SEED_OVERRIDE = ("transfer", "flexi")
 
 
 def workdir(table: str, row: str, seed: int) -> str:
@@ -51,7 +95,32 @@ def workdir(table: str, row: str, seed: int) -> str:
 
 def spec(table: str, args: str, seed: int) -> str:
     config = TABLES[table][0]
+    if table in SEED_OVERRIDE:
+        return f"{config}:{args}"
     return f"{args},seed={seed}" if not config else f"{config}:{args},seed={seed}"
+
+
+def rows_of(table: str) -> list[Row]:
+    return [r if isinstance(r, Row) else Row(*r) for r in TABLES[table][1]]
+
+
+def command(vitx: str, table: str, row: Row, seed: int) -> list[str]:
+    """The `vitx train` (or `vitx eval`) command of one row and seed."""
+    wd = workdir(table, row.name, seed)
+    cmd = [vitx, "eval" if row.eval_of else "train", "--config", spec(table, row.args, seed)]
+    if row.eval_of:
+        cmd += ["--checkpoint", workdir(table, row.eval_of, seed),
+                "--output", os.path.join(wd, "results.json")]
+    else:
+        cmd += ["--workdir", wd]
+    cmd.append("--config.data_dir=data/tfds")
+    if table in SEED_OVERRIDE:
+        cmd.append(f"--config.seed={seed}")
+    if row.init:
+        cmd.append(f"--config.model_init={workdir(table, row.init, seed)}")
+    if row.teacher:
+        cmd.append(f"--config.distill.teacher={workdir(table, row.teacher, seed)}")
+    return cmd + list(row.extra)
 
 
 def main() -> int:
@@ -59,35 +128,71 @@ def main() -> int:
     p.add_argument("table", choices=sorted(TABLES))
     p.add_argument("--run", action="store_true", help="train the missing runs first")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--rows", default="", help="comma-separated rows to run and print (default: "
+                   "all); the rows they build on are run too")
+    p.add_argument("--transpose", action="store_true",
+                   help="a line per metric and a column per run (cells mean +- std only)")
     args = p.parse_args()
-    _, rows, metrics = TABLES[args.table]
+    metrics = TABLES[args.table][2]
+    rows = rows_of(args.table)
+    by_name = {r.name: r for r in rows}
+    wanted = [n for n in args.rows.split(",") if n]
+    if unknown := [n for n in wanted if n not in by_name]:
+        p.error(f"--rows {','.join(unknown)}: unknown; rows of {args.table}: {', '.join(by_name)}")
+    if wanted:
+        needed, todo = set(), list(wanted)
+        while todo:
+            r = by_name[todo.pop()]
+            needed.add(r.name)
+            todo += [d for d in (r.init, r.teacher, r.eval_of) if d]
+        rows = [r for r in rows if r.name in needed]
     vitx = os.path.join(os.path.dirname(sys.executable), "vitx")
     for seed in range(args.seeds):
-        for row, arg in rows:
-            wd = workdir(args.table, row, seed)
+        for row in rows:
+            wd = workdir(args.table, row.name, seed)
             if args.run and not os.path.exists(os.path.join(wd, "results.json")):
-                subprocess.run([vitx, "train", "--config", spec(args.table, arg, seed),
-                                "--workdir", wd, "--config.data_dir=data/tfds"], check=True,
+                os.makedirs(wd, exist_ok=True)
+                subprocess.run(command(vitx, args.table, row, seed), check=True,
                                stdout=subprocess.DEVNULL)
-    print("| run | " + " | ".join(m.split("/")[0] for m in metrics) + " | train time | seeds |")
-    print("|---|" + "---|" * (len(metrics) + 2))
-    for row, _ in rows:
+    table: list[tuple[str, list[str], list[str], str, int]] = []  # row, cells, short cells, ...
+    for row in rows:
+        if row.hidden or (wanted and row.name not in wanted):
+            continue
         res = []
         for seed in range(args.seeds):
-            path = os.path.join(workdir(args.table, row, seed), "results.json")
+            path = os.path.join(workdir(args.table, row.name, seed), "results.json")
             if os.path.exists(path):
                 with open(path) as f:
                     res.append(json.load(f))
         if not res:
             continue
-        cells = []
+        cells, short = [], []
         for m in metrics:
             scale, fmt = (1, ".4f") if "loss" in m else (100, ".1f")
             vals = [scale * r[m] for r in res if m in r]
             each = ", ".join(f"{v:{fmt}}" for v in vals)
-            cells.append(f"{np.mean(vals):{fmt}} ± {np.std(vals):{fmt}} ({each})" if vals else "")
-        secs = np.mean([r["train_seconds"] for r in res])
-        print(f"| {row} | " + " | ".join(cells) + f" | {secs:.0f} s | {len(res)} |")
+            mean_std = f"{np.mean(vals):{fmt}} ± {np.std(vals):{fmt}}" if vals else ""
+            cells.append(f"{mean_std} ({each})" if vals else "")
+            short.append(mean_std)
+        secs = [r["train_seconds"] for r in res if "train_seconds" in r]
+        table.append((row.name, cells, short, f"{np.mean(secs):.0f} s" if secs else "–",
+                      len(res)))
+    same_prefix = len({m.split("/")[0] for m in metrics}) == 1
+    heads = [m.split("/")[-1 if same_prefix else 0] for m in metrics]
+    if args.transpose:  # a line per metric, a column per run (the FlexiViT table's shape)
+        print("| metric | " + " | ".join(name for name, *_ in table) + " |")
+        print("|---|" + "---|" * len(table))
+        for i, head in enumerate(heads):
+            print(f"| {head} | " + " | ".join(short[i] for _, _, short, _, _ in table) + " |")
+        print("| train time | " + " | ".join(t for *_, t, _ in table) + " |")
+        print("| seeds | " + " | ".join(str(n) for *_, n in table) + " |")
+        for name, cells, *_ in table:  # each seed's values, for the record
+            print(f"{name}: " + "; ".join(f"{h} {c}" for h, c in zip(heads, cells, strict=True)))
+        return 0
+    print("| run | " + " | ".join(heads) + " | train time | seeds |")
+    print("|---|" + "---|" * (len(metrics) + 2))
+    for name, cells, _, time, n in table:
+        print(f"| {name} | " + " | ".join(cells) + f" | {time} | {n} |")
     return 0
 
 

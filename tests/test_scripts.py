@@ -1,0 +1,54 @@
+"""scripts/seeds_table.py: every table's commands load as configs, in dependency order."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+from vitx import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _seeds_table():
+    spec = importlib.util.spec_from_file_location(
+        "seeds_table", os.path.join(ROOT, "scripts", "seeds_table.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["seeds_table"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+st = _seeds_table()
+
+
+@pytest.mark.parametrize("table", sorted(st.TABLES))
+def test_every_row_command_is_a_valid_config_and_builds_on_earlier_rows(table, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    seen: list[str] = []
+    for row in st.rows_of(table):
+        cmd = st.command("vitx", table, row, seed=2)
+        config = config_lib.load_config(cmd[cmd.index("--config") + 1])
+        config_lib.apply_overrides(config, [c.removeprefix("--config.") for c in cmd
+                                            if c.startswith("--config.")])
+        assert config.seed == 2, (row, cmd)  # the seed reaches the config, either way
+        for dep in (row.init, row.teacher, row.eval_of):
+            if dep:
+                assert dep in seen, f"{table}/{row.name} builds on {dep}, which runs later"
+                assert any(c.endswith(st.workdir(table, dep, 2)) for c in cmd), cmd
+        seen.append(row.name)
+    assert len(set(seen)) == len(seen)
+
+
+def test_transfer_rows_differ_only_where_the_ablation_says():
+    cmds = {r.name: st.command("vitx", "transfer", r, seed=0) for r in st.rows_of("transfer")}
+    assert "--config.model_init=workdirs/transfer_pretrain16_s0" in cmds["finetune32"]
+    assert not any("model_init" in c for c in cmds["scratch32"] + cmds["scratch59"])
+    # "from scratch" on 5-9 is the fine-tune recipe itself, without the pretrained weights
+    assert [c for c in cmds["finetune59"] if "model_init" not in c] == [
+        c.replace("scratch59", "finetune59") for c in cmds["scratch59"]]
+    vit8_eval = st.command("vitx", "flexi", st.rows_of("flexi")[1], seed=1)
+    assert vit8_eval[1] == "eval" and "workdirs/flexi_vit8_s1" in vit8_eval
