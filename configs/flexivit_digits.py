@@ -30,6 +30,7 @@ Expected results (`python scripts/seeds_table.py flexi --run --transpose`: one 2
 CPU, test accuracy at patch 4/6/8/12/16/24, mean over seeds 0, 1, 2 (std 0.2-5.5 points; the
 README table has each std), mean train time):
   flexi     96.2 / 96.4 / 92.2 / 84.4 / 83.6 / 93.1 %  (1,200 steps, 394 s; 6 compiled programs)
+            98.5 / 98.1 / 97.1 / 92.0 / 91.4 / 96.4 %  with --config.total_steps=2400 (819 s)
   vit8      98.2 % at patch 8 (250 s); vit8_eval: 87.8 / 96.7 / 98.2 / 75.0 / 44.0 / 13.1 %
   distill   98.1 / 98.1 / 96.8 / 91.6 / 88.1 / 91.2 %  (600 steps, 247 s)
   fixed12   93.1 / 94.8 / 92.8 / 90.0 / 81.5 / 86.2 %  (300 steps at patch 12, 47 s)
