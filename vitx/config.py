@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import importlib.util
 import json
 import math
 import os
@@ -18,7 +17,10 @@ from typing import Any
 
 import ml_collections
 
-from vitx.utils import ConfigError  # noqa: F401 - re-exported: vitx.config.ConfigError
+from vitx.utils import (
+    ConfigError,  # noqa: F401 - re-exported: vitx.config.ConfigError
+    load_module,
+)
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -34,11 +36,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     if not os.path.isfile(path):
         raise ConfigError(f"--config {path!r}: no such file; pass a config file such as "
                           f"configs/vit_digits.py")
-    module_spec = importlib.util.spec_from_file_location(
-        f"vitx_config_{abs(hash(path))}", path)
-    assert module_spec and module_spec.loader
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_module(path, "vitx_config")
     if not hasattr(module, "get_config"):
         raise ConfigError(f"--config {path!r} has no get_config(arg) function; define one that "
                           f"returns an ml_collections.ConfigDict")

@@ -88,7 +88,7 @@ class FlexiPatchEmbed(nn.Module):
         return layers.patchify(x, kernel, bias, self.impl)
 
 
-class _FlexiViT(vit._ViT):
+class _FlexiViT(vit.VisionTransformer):
     """FlexiViT. Images (B, H, W, C) in [-1, 1] -> (logits (B, num_classes), aux dict).
 
     Fields (besides the ViT's):
@@ -128,7 +128,7 @@ class _FlexiViT(vit._ViT):
         """
         return FlexiPatchEmbed(self.width, base_patch_size=self.base_patch_size,
                                resize_method=self.resize_method,
-                               dtype=vit._dtype(self.dtype_mm), impl=self.patch_embed,
+                               dtype=layers.dtype_of(self.dtype_mm), impl=self.patch_embed,
                                name="embedding")(
             x, self._patch_size(patch_size))
 
@@ -168,7 +168,7 @@ def Model(num_classes: int | None = 1000, *, variant: str | None = None, **kw: A
     for key in ("base_patch_size", "posemb_grid"):
         if key in kw:
             kw[key] = _pair(kw[key], f"model.{key}")
-    return vit._make(_FlexiViT, num_classes, variant=variant, **kw)
+    return vit.make_model(_FlexiViT, num_classes, variant=variant, **kw)
 
 
 #: Checkpoint surgery: FlexiViT and ViT share their parameter names and shapes' meaning.

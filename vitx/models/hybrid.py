@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vitx.models import resnet, vit
+from vitx.models import layers, resnet, vit
 from vitx.utils import checkpoints, pair, tree
 
 Array = jax.Array
@@ -77,7 +77,7 @@ def decode_variant(variant: str | None) -> dict[str, Any]:
     return out
 
 
-class _HybridViT(vit._ViT):
+class _HybridViT(vit.VisionTransformer):
     """Hybrid ViT. Images (B, H, W, C) in [-1, 1] -> (logits (B, num_classes), aux dict).
 
     Fields (besides the ViT's): `resnet_blocks` (units per ResNet stage; () = root only),
@@ -109,7 +109,7 @@ class _HybridViT(vit._ViT):
                              f"resize the images to a multiple of it or change model.variant")
         x = resnet.bit_features(x, blocks=self.resnet_blocks, width=self.resnet_width,
                                 unit="post", gn_groups=self.gn_groups,
-                                dtype=vit._dtype(self.dtype_mm))
+                                dtype=layers.dtype_of(self.dtype_mm))
         return super().embed_patches(x, **kw)
 
 

@@ -33,6 +33,11 @@ PATCH_EMBED_IMPLS = ("matmul", "conv")
 ATTENTION_IMPLS = ("auto", "bhnd", "einsum", "jax")
 
 
+def dtype_of(name: str | Any) -> Any:
+    """A dtype from its name ("bfloat16") or a dtype itself (the models' `dtype_mm` field)."""
+    return jnp.dtype(name) if isinstance(name, str) else name
+
+
 def patchify(x: Array, kernel: Array, bias: Array, impl: str = "matmul") -> Array:
     """Non-overlapping patch embedding: a conv with kernel = stride = patch, as one matmul.
 

@@ -271,7 +271,7 @@ class _Tokenizer(nn.Module):
                              f"{self.modality!r} does not match model.modalities."
                              f"{self.modality}.input_shape={tuple(self.input_shape)}; set "
                              f"input_shape to {tuple(x.shape[1:])} or fix the preprocessing")
-        x = layers.PatchEmbed(self.width, tuple(self.patch), dtype=vit._dtype(self.dtype_mm),
+        x = layers.PatchEmbed(self.width, tuple(self.patch), dtype=layers.dtype_of(self.dtype_mm),
                               impl=self.patch_embed, name="embedding")(x)
         b, d = x.shape[0], x.shape[-1]
         x = jnp.reshape(x, (b, -1, d))  # raster order; time-major for tubelets
@@ -304,7 +304,8 @@ class _Blocks(nn.Module):
                              policy=layers.REMAT_POLICIES[self.remat_policy])
         for i in range(self.depth):
             x, _ = block(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
-                         dtype_mm=vit._dtype(self.dtype_mm), attention_impl=self.attention_impl,
+                         dtype_mm=layers.dtype_of(self.dtype_mm),
+                         attention_impl=self.attention_impl,
                          name=f"encoderblock_{i}")(
                 x, not train)
         return x
@@ -373,7 +374,7 @@ class _PolyViT(nn.Module):
                  train: bool = False) -> tuple[Array, dict]:
         modality, task = self.route(modality, task)
         k = self.num_modality_layers
-        dtype = vit._dtype(self.dtype_mm)
+        dtype = layers.dtype_of(self.dtype_mm)
         # Built here (cheap, no params yet); only the modules called below create params.
         tokenizers = {name: _Tokenizer(name, patch, shape, self.width, self.dtype_mm,
                                        self.patch_embed, name=f"tokenizer_{name}")

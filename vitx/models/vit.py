@@ -76,11 +76,7 @@ def decode_variant(variant: str | None) -> dict[str, Any]:
     return out
 
 
-def _dtype(name: str | Any) -> Any:
-    return jnp.dtype(name) if isinstance(name, str) else name
-
-
-class _ViT(nn.Module):
+class VisionTransformer(nn.Module):
     """ViT. Input images (B, H, W, C) in [-1, 1]; returns (logits (B, num_classes), aux dict).
 
     aux holds "encoded" (B, N(+1), D), "pre_logits" (B, D) and, with num_classes, "logits".
@@ -120,7 +116,7 @@ class _ViT(nn.Module):
             raise ValueError(f"model.patch_size={tuple(self.patch_size)} does not divide the image "
                              f"size {h}x{w}; choose a patch size that divides it or resize the "
                              f"images")
-        return layers.PatchEmbed(self.width, (ph, pw), dtype=_dtype(self.dtype_mm),
+        return layers.PatchEmbed(self.width, (ph, pw), dtype=layers.dtype_of(self.dtype_mm),
                                  impl=self.patch_embed, name="embedding")(x)
 
     def add_posemb(self, x: Array, grid: tuple[int, int], **kw: Any) -> Array:
@@ -152,7 +148,7 @@ class _ViT(nn.Module):
         x = layers.Encoder(
             depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
             dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
-            dtype_mm=_dtype(self.dtype_mm), attention_impl=self.attention_impl,
+            dtype_mm=layers.dtype_of(self.dtype_mm), attention_impl=self.attention_impl,
             name="Transformer")(x, train=train)
         out["encoded"] = x
         if self.pool_type == "tok":
@@ -161,7 +157,7 @@ class _ViT(nn.Module):
             x = jnp.mean(x, axis=1)
         else:
             x = layers.MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-                               dtype_mm=_dtype(self.dtype_mm),
+                               dtype_mm=layers.dtype_of(self.dtype_mm),
                                attention_impl=self.attention_impl)(x)
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits")(x))
@@ -173,8 +169,8 @@ class _ViT(nn.Module):
         return x, out
 
 
-def _make(cls: type[nn.Module], num_classes: int | None, *, variant: str | None = None,
-          **kw: Any) -> nn.Module:
+def make_model(cls: type[nn.Module], num_classes: int | None, *, variant: str | None = None,
+               **kw: Any) -> nn.Module:
     """Build `cls` with `variant` ("S/16") expanded; explicit keyword arguments win."""
     args = {**decode_variant(variant), **kw}
     if "patch_size" in args:
@@ -185,7 +181,7 @@ def _make(cls: type[nn.Module], num_classes: int | None, *, variant: str | None 
 
 def Model(num_classes: int | None = 1000, *, variant: str | None = None, **kw: Any) -> nn.Module:  # noqa: N802
     """The ViT of this module, e.g. `Model(1000, variant="B/16")` (86.6M params at 224 px)."""
-    return _make(_ViT, num_classes, variant=variant, **kw)
+    return make_model(VisionTransformer, num_classes, variant=variant, **kw)
 
 
 def check_encoder(model_cfg: Mapping[str, Any]) -> None:

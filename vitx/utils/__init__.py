@@ -6,21 +6,29 @@
 `WORKDIR[/checkpoints[/STEP]]`, `file.npz` and `...:subtree` specs). Here: `TrainingDiverged`
 (the NaN guard's error; `vitx train` exits 1), `check_writable` (a directory's writability and
 free space, proven before a run writes anything) and `describe_os_error` (one line for an
-OSError such as ENOSPC).
+OSError such as ENOSPC), and the one of each small helper every layer uses: `atomic_write` /
+`write_json_atomic` (unique temp file, fsync, rename), `load_module` (a Python file by path),
+`positive_int` / `pair` (static int and (h, w) validation), `to_plain` (ConfigDict / FrozenDict /
+Mapping / tuple -> plain dicts and lists).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import importlib.util
 import json
 import os
 import shutil
 import tempfile
-from typing import Any
+from collections.abc import Iterator, Mapping
+from types import ModuleType
+from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["ConfigError", "TrainingDiverged", "check_writable", "describe_os_error", "pair",
+__all__ = ["ConfigError", "TrainingDiverged", "atomic_write", "check_writable",
+           "describe_os_error", "load_module", "pair", "positive_int", "to_plain",
            "write_json_atomic"]
 
 
@@ -84,6 +92,19 @@ def check_writable(path: str, what: str, *, need_bytes: int = 0) -> None:
                          f"{what}")
 
 
+def positive_int(value: Any, what: str, *, minimum: int = 1) -> int:
+    """`value` as a Python int >= `minimum` (bools and non-integers rejected).
+
+    `what` names the config key or argument in the error (e.g. "model.depth").
+
+    Raises:
+      ValueError: `value` is not a static int >= `minimum`, naming `what` and the fix.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{what}={value!r} is not an integer >= {minimum}; pass one")
+    return int(value)
+
+
 def pair(size: Any, what: str) -> tuple[int, int]:
     """An int n (-> (n, n)) or a pair of ints, all > 0, as a tuple of Python ints.
 
@@ -105,13 +126,65 @@ def pair(size: Any, what: str) -> tuple[int, int]:
     return int(hw[0]), int(hw[1])
 
 
+def to_plain(x: Any) -> Any:
+    """ConfigDict / FrozenDict / Mapping / list / tuple -> plain dicts and lists, recursively
+    (leaves kept as they are)."""
+    if hasattr(x, "to_dict") and callable(x.to_dict):
+        x = x.to_dict()
+    if isinstance(x, Mapping) or (hasattr(x, "items") and hasattr(x, "keys")):
+        return {k: to_plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [to_plain(v) for v in x]
+    return x
+
+
+def load_module(path: str, prefix: str = "vitx_file") -> ModuleType:
+    """Import the Python file at `path` as a fresh module (config files, sweep plans).
+
+    Raises:
+      FileNotFoundError: `path` is not a file.
+      Exception: whatever executing the file raises.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, "no such file", path)
+    spec = importlib.util.spec_from_file_location(f"{prefix}_{abs(hash(path))}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a unique temporary file beside `path` for writing (`mode` "w" or "wb"); on a clean
+    exit flush, fsync, make it world-readable (0644) and rename it onto `path`. On an error the
+    temporary file is removed and an existing file at `path` is left intact, so a reader never
+    sees a half-written file and two writers never share a temporary name.
+
+    Raises:
+      OSError: the directory is not writable or the disk is full.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to `path` via a temporary file and rename (never leaves a half-written file).
+    """Write `obj` as indented, key-sorted JSON to `path` with `atomic_write`.
 
     Raises:
       OSError: the directory is not writable (an existing file at `path` is left intact).
     """
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)

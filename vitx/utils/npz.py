@@ -18,7 +18,6 @@ Layouts (names flattened with '/'):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitx.utils import atomic_write
 from vitx.utils.tree import flat_leaves, flatten, unflatten
 
 __all__ = [
@@ -271,8 +271,8 @@ def save_npz(path: str | os.PathLike[str], params: Mapping[str, Any],
     """Write `params` atomically to an .npz of flat '/'-named arrays in `layout`.
 
     `layout`: "vitx", "vit_jax" (`to_vit_jax`) or "big_vision" (`to_big_vision`). The archive is
-    written to `path + ".tmp"` and then `os.replace`d onto `path`, so a failed save never
-    destroys an existing file (the partial .tmp is removed). Shapes as in the layout; non-numpy
+    written with `vitx.utils.atomic_write` (a unique temporary file, renamed onto `path`), so a
+    failed save never destroys an existing file. Shapes as in the layout; non-numpy
     float dtypes (bfloat16) are stored as float32. The file is readable by `np.load`.
 
     Raises:
@@ -284,20 +284,12 @@ def save_npz(path: str | os.PathLike[str], params: Mapping[str, Any],
         raise ValueError(f"save_npz: layout={layout!r} is unknown; use one of {LAYOUTS}")
     flat = {k: _savable(k, v) for k, v in converters[layout](params).items()}
     path = os.fspath(path)
-    tmp = path + ".tmp"
-    try:
-        # The .npz format of np.savez, written directly so any param name is allowed.
-        with (open(tmp, "wb") as f,
-              zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED,
-                              allowZip64=True) as zf):
-            for name, arr in flat.items():
-                with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    # The .npz format of np.savez, written directly so any param name is allowed.
+    with (atomic_write(path, "wb") as f,
+          zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf):
+        for name, arr in flat.items():
+            with zf.open(name + ".npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, arr, allow_pickle=False)
 
 
 def load_npz(path: str | os.PathLike[str], layout: str = "auto",

@@ -14,19 +14,11 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 
+from vitx.utils import atomic_write, pair
+
 __all__ = ["plot_accuracy_vs_patch_size", "read_per_size_metrics", "sequence_length"]
-
-
-def _image_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                               for v in hw):
-        raise ValueError(f"image_size={image_size!r} is not a size; pass an int > 0 or "
-                         f"(height, width)")
-    return hw  # type: ignore[return-value]
 
 
 def sequence_length(image_size: int | tuple[int, int], patch_size: int) -> int:
@@ -35,7 +27,7 @@ def sequence_length(image_size: int | tuple[int, int], patch_size: int) -> int:
     Raises:
       ValueError: p is not an int > 0 or does not divide H or W.
     """
-    h, w = _image_hw(image_size)
+    h, w = pair(image_size, "image_size")
     if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size <= 0:
         raise ValueError(f"patch size {patch_size!r} is not an int > 0")
     if h % patch_size or w % patch_size:
@@ -77,7 +69,7 @@ def plot_accuracy_vs_patch_size(results: Mapping[str, Mapping[int, float]], path
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
-    hw = _image_hw(image_size)
+    hw = pair(image_size, "image_size")
     curves = []
     for label, points in results.items():
         pts = sorted((int(p), float(a)) for p, a in points.items() if math.isfinite(float(a)))
@@ -119,14 +111,6 @@ def plot_accuracy_vs_patch_size(results: Mapping[str, Mapping[int, float]], path
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
     return path
