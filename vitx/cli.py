@@ -71,15 +71,15 @@ def _prune(args: argparse.Namespace, params: dict) -> dict:
     from vitx.utils import checkpoints, write_json_atomic
 
     run = checkpoints.read_run_config(args.checkpoint)
-    module = models.get_model_module(run["model_name"])
-    if not hasattr(module, "prune"):
+    hooks = models.hooks_of(models.get_model_module(run["model_name"]))
+    if hooks.prune is None or hooks.pruned_model_cfg is None:
         raise ValueError(f"--task/--modality: model_name={run['model_name']!r} has no tasks to "
                          f"prune to; drop --task/--modality")
     kw = dict(task=args.task, modality=args.modality)
-    pruned = module.prune(params, **kw, model_cfg=run["model"])
+    pruned = hooks.prune(params, **kw, model_cfg=run["model"])
     cfg_path = args.output + ".model.json"
     write_json_atomic(cfg_path, {"model_name": run["model_name"],
-                                 "model": module.pruned_model_cfg(run["model"], **kw)})
+                                 "model": hooks.pruned_model_cfg(run["model"], **kw)})
     print(f"vitx: pruned to {kw}; model config in {cfg_path}")
     return pruned
 
