@@ -1,7 +1,7 @@
 r"""AssembleNet++-style multi-stream video network with peer attention, on moving_digits.
 
 Source: Ryoo et al., "AssembleNet++: Assembling Modality Representations via Attention
-Connections", ECCV 2020 (seed 002, CN116157804A). Blocks in levels; a block's input is
+Connections", ECCV 2020 (CN116157804A). Blocks in levels; a block's input is
 sum_j sigmoid(w_ji) * (A_j * X_j), the channel-wise attention A_j computed from peer blocks.
 Streams (per clip of 8 frames x 32x32): the RGB-like frames (`video`), the exact optical flow
 (`flow`) and the per-frame segmentation mask (`mask`, one-hot in the model). The label is the

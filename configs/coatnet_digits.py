@@ -1,7 +1,7 @@
 r"""CoAtNet on the real digits scans (32x32): convolution stages, then relative attention.
 
 Source: Dai et al., "CoAtNet: Marrying Convolution and Attention for All Data Sizes", NeurIPS
-2021 (seed 003): S0 conv stem, S1-S2 MBConv (BatchNorm), S3-S4 transformer blocks with
+2021 (CN117377983A): S0 conv stem, S1-S2 MBConv (BatchNorm), S3-S4 transformer blocks with
 relative attention (a learned (2H-1)x(2W-1) table per head added to the logits). Here the tiny
 `coatnet-pico` (16/32/64/128 channels, one block per stage) with stage strides (1, 2, 2, 2): a
 16x16 map after the stem, 4x4 tokens in S3 and 2x2 in S4. BatchNorm's statistics live in the

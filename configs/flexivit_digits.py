@@ -1,6 +1,6 @@
 r"""FlexiViT on the real digits scans at 48x48: one model for patch sizes 4, 6, 8, 12, 16, 24.
 
-Source: Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023 (seed 001). Each
+Source: Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023 (CN117556885A). Each
 train step draws one patch size (uniform over `flexi.patch_sizes`, a pure function of
 (seed, step)); the 16x16 base patch kernel is PI-resized to it and the 8x8 posemb grid is
 bilinearly resized to the token grid. Evaluation runs at every size and writes

@@ -1,6 +1,6 @@
 r"""Hybrid ViT on the real digits scans (32x32): a BiT ResNet stem, then a ViT on its feature map.
 
-Source: Dosovitskiy et al., ICLR 2021, Sec. 3.1 "Hybrid Architecture" (seed 000): the patch
+Source: Dosovitskiy et al., ICLR 2021, Sec. 3.1 "Hybrid Architecture" (JP7536893B2): the patch
 embedding runs on a CNN feature map (1x1 patches on the stage output). Here "R26x0.125+pico/8":
 a ResNet-26 stem of width 8 (x0.125) with GroupNorm(8) whose two stages give stride 8, so a
 32x32 image becomes a 4x4 token grid (the effective patch is 8), then a pico ViT encoder.

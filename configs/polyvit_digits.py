@@ -1,7 +1,7 @@
 r"""PolyViT on real scans and tones: one encoder co-trained on image, video and audio tasks.
 
 Source: Likhosherstov et al., "PolyViT: Co-training Vision Transformers on Images, Videos and
-Audio", TMLR 2023 (seed 004, WO2023059737A1). One shared transformer encoder, a tokenizer per
+Audio", TMLR 2023 (WO2023059737A1). One shared transformer encoder, a tokenizer per
 modality (image patches, video tubelets, spectrogram patches), a head per task; every step
 trains one task (or all, "accumulated"), picked by the task schedule; only that path updates.
 

@@ -1,4 +1,4 @@
-r"""Pretrain -> fine-tune on the real digits scans (ViT paper Sec. 3.2; seed 000).
+r"""Pretrain -> fine-tune on the real digits scans (ViT paper Sec. 3.2; JP7536893B2).
 
 Two recipes, each two commands (every step resumable; results in WORKDIR/results.json):
 

@@ -65,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.grad_clip_norm = 1.0
     c.grad_accum_steps = 1
     c.lr_mults = ml_collections.FieldReference(None, field_type=list)
+    c.layer_decay = ml_collections.FieldReference(None, field_type=float)  # BEiT; needs scan=False
 
     c.mesh = [("data", -1), ("fsdp", 1), ("model", 1)]
     c.sharding_rules = [(".*", "fsdp")]

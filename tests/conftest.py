@@ -4,6 +4,16 @@ import jax
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """`XDG_CACHE_HOME` in a temporary folder for the whole session, so the default
+    `config.compilation_cache` (`$XDG_CACHE_HOME/vitx/jax`) never writes into the real home
+    cache (subprocesses inherit it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A TFDS data_dir holding the real `digits` dataset, built once per test session."""

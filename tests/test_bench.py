@@ -1,6 +1,7 @@
 """Smoke tests of the benchmarks on tiny models (benchmarks are never timed tests: these check
 that each measurement runs and reports sane, self-consistent fields, not how fast it is)."""
 
+import glob
 import json
 import os
 import subprocess
@@ -60,3 +61,18 @@ def test_bench_peers_vitx_worker_smoke(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["flops"] > 0 and row["step_s"] > 0 and row["memory_bytes"] > 0
+
+
+def test_vitx_bench_profile_flag_and_trace(data_dir, tmp_path):
+    """`vitx bench --profile [DIR]` parses (a default folder without DIR), and the first
+    variant's steps are traced into DIR/plugins/profile."""
+    from vitx import cli
+
+    parse = lambda *a: cli._parser().parse_args(["bench", "--config", "c.py", *a]).profile
+    assert parse() is None
+    assert parse("--profile").endswith("vitx_bench_profile")
+    assert parse("--profile", str(tmp_path)) == str(tmp_path)
+    b = bench._Bench(_config(data_dir, "configs/vit_digits.py", "model.variant=pico/4"))
+    where = b.trace(2, str(tmp_path))
+    assert where == str(tmp_path / "plugins" / "profile")
+    assert glob.glob(os.path.join(where, "*", "*.xplane.pb"))

@@ -1,15 +1,21 @@
 """The README is executable: every command of its ```bash blocks runs, verbatim and in order.
 
-The repo is copied to a temporary folder (its `.venv` linked, so nothing is installed again),
-`.venv/bin` is put first on PATH, and each command runs with relative paths exactly as written,
-with only small-step overrides appended (`SMALL`): training and benchmarks are shortened, never
-changed. A command the test must not run (the test suite itself, a pod launch) carries the
-comment `# readme-test: skip` in the README, and is skipped by that mark. A command that exits
-non-zero fails the test, with its output.
+The commands fall into independent groups: commands that name the same run output (a
+`workdirs/NAME` folder or a `NAME.npz` file) belong together and run in README order, one
+group a test, so pytest-xdist runs the groups side by side. Each group runs in its own copy of
+the repo (its `.venv` linked, so nothing is installed again; `data/` linked to one TFDS folder
+where the offline datasets were built once for the session, since building them is tested in
+tests/data), with `.venv/bin` first on PATH, relative paths exactly as written, and only
+small-step overrides appended (`SMALL`): training and benchmarks are shortened, never changed.
+A command the test must not run (the test suite itself, a pod launch) carries the comment
+`# readme-test: skip` in the README, and is skipped by that mark. A command that exits non-zero
+fails the test, with its output. The commands of one pytest worker share a persistent JAX
+compilation cache (same results; only compile time is saved).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shlex
@@ -68,13 +74,91 @@ def test_readme_parser():
         f"vitx train --config c.py {_TRAIN} > log 2>&1 &")
 
 
-@pytest.fixture(scope="module")
-def repo_copy(tmp_path_factory) -> str:
-    dst = str(tmp_path_factory.mktemp("readme") / "vitx")
+#: What ties commands together: a run's output folder or an exported file, named in both.
+_OUTPUT = re.compile(r"workdirs/[A-Za-z0-9_]+|[\w.-]+\.npz\b")
+#: Outputs a command writes without naming them (the Makefile's default WORKDIR).
+_IMPLICIT = [(re.compile(r"^make train\b"), "workdirs/vit_digits")]
+
+
+def command_groups(commands: list[str]) -> list[list[str]]:
+    """`commands` (README order) split into groups that share no output, each in README order;
+    groups ordered by their first command. Skipped commands are dropped."""
+    commands = [c for c in commands if SKIP_MARK not in c]
+    parent = list(range(len(commands)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+    first: dict[str, int] = {}
+    for i, cmd in enumerate(commands):
+        names = set(_OUTPUT.findall(cmd))
+        names |= {name for pattern, name in _IMPLICIT if pattern.search(cmd)}
+        for name in names:
+            if name in first:
+                parent[root(i)] = root(first[name])
+            else:
+                first[name] = i
+    groups: dict[int, list[str]] = {}
+    for i, cmd in enumerate(commands):
+        groups.setdefault(root(i), []).append(cmd)
+    return [groups[k] for k in sorted(groups)]
+
+
+def test_command_groups():
+    cmds = ["make train", "vitx eval --checkpoint workdirs/vit_digits", "vitx bench",
+            "vitx train --workdir workdirs/a", "vitx export --checkpoint workdirs/a --output a.npz",
+            "vitx eval --checkpoint a.npz", "make test  # readme-test: skip"]
+    assert command_groups(cmds) == [cmds[:2], [cmds[2]], cmds[3:6]]
+
+
+def _readme_groups() -> list[list[str]]:
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return command_groups(readme_commands(f.read()))
+
+
+GROUPS = _readme_groups()
+
+
+def test_every_command_is_in_a_group():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        commands = [c for c in readme_commands(f.read()) if SKIP_MARK not in c]
+    assert sorted(c for g in GROUPS for c in g) == sorted(commands)
+    assert len(commands) >= 8, commands
+    assert any(c.startswith("make train") for c in commands)
+
+
+@pytest.fixture(scope="session")
+def shared_tfds(tmp_path_factory) -> str:
+    """One TFDS folder with the offline datasets the README uses, built once for all pytest
+    workers (under a file lock in the folder the workers share)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = os.path.join(str(base), "readme_tfds")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not os.path.exists(os.path.join(folder, ".built")):
+                from vitx.data.builders import LOCAL_BUILDERS, ensure_built
+
+                for name in sorted(LOCAL_BUILDERS):
+                    ensure_built(name, folder)
+                open(os.path.join(folder, ".built"), "w").close()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder
+
+
+def _repo_copy(dst: str, tfds: str) -> str:
     ignore = shutil.ignore_patterns(".venv", ".git", "data", "workdirs", "__pycache__",
-                                    ".pytest_cache", ".ruff_cache", "*.egg-info")
+                                    ".pytest_cache", ".ruff_cache", "*.egg-info", ".jax_cache")
     shutil.copytree(ROOT, dst, ignore=ignore)  # copy2 keeps mtimes: make sees the install
     os.symlink(os.path.join(ROOT, ".venv"), os.path.join(dst, ".venv"))
+    os.makedirs(os.path.join(dst, "data"))
+    os.symlink(tfds, os.path.join(dst, "data", "tfds"))
     # `make` must see the install as up to date, or it would reinstall the shared venv from
     # the copy.
     stamp = os.path.join(ROOT, ".venv", ".installed")
@@ -83,25 +167,19 @@ def repo_copy(tmp_path_factory) -> str:
     return dst
 
 
-def test_every_readme_command_runs_as_written(repo_copy):
-    with open(os.path.join(ROOT, "README.md")) as f:
-        commands = readme_commands(f.read())
-    assert len(commands) >= 8, commands
-    env = dict(os.environ, PATH=os.path.join(repo_copy, ".venv", "bin") + os.pathsep
+@pytest.mark.parametrize("group", GROUPS, ids=[
+    f"{i}-{shlex.split(g[0].replace('(', ' '))[0]}-{len(g)}" for i, g in enumerate(GROUPS)])
+def test_readme_commands_run_as_written(group, shared_tfds, tmp_path, tmp_path_factory):
+    repo = _repo_copy(str(tmp_path / "vitx"), shared_tfds)
+    env = dict(os.environ, PATH=os.path.join(repo, ".venv", "bin") + os.pathsep
                + os.environ["PATH"])
     env.pop("XLA_FLAGS", None)
-    # One persistent compilation cache for all commands: later commands reuse the programs
-    # earlier ones compiled (same results; only the compile time is saved).
-    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(repo_copy, ".jax_cache")
+    cache = tmp_path_factory.getbasetemp() / "readme_jax_cache"  # one per pytest worker
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    ran = []
-    for command in commands:
-        if SKIP_MARK in command:
-            continue
+    for command in group:
         cmd = with_small_steps(command)
-        out = subprocess.run(["bash", "-c", cmd], cwd=repo_copy, env=env, capture_output=True,
+        out = subprocess.run(["bash", "-c", cmd], cwd=repo, env=env, capture_output=True,
                              text=True, timeout=600)
         assert out.returncode == 0, (f"README command failed ({out.returncode}): {cmd}\n"
                                      f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-        ran.append(shlex.split(cmd)[0])
-    assert "make" in ran and "vitx" in ran

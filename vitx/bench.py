@@ -8,7 +8,10 @@ memory (XLA's memory analysis; the device's peak where the backend reports one).
 first variant: the real input pipeline (tf.data -> prefetched device arrays) vs the synthetic
 batch, and the cost of an async checkpoint save in flight; for FlexiViT, the programs compiled
 over the schedule's first steps. Absolute numbers on shared CPUs are noisy; compare the ratios,
-which are measured back to back in one process. Variants:
+which are measured back to back in one process. With `profile` (`vitx bench --profile [DIR]`),
+the first variant's steps are also traced, after the timings (so the trace does not slow them),
+into `DIR/plugins/profile/` (`vitx.train.profiling.trace_steps`; open with
+`tensorboard --logdir DIR`). Variants:
   base            the config as is
   plain           ViT-family models: patch_embed="conv", attention_impl="einsum" (the layouts
                   before the fast paths; big_vision's)
@@ -32,8 +35,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from vitx import config as config_lib
+from vitx.train import profiling, steps, trainer
 from vitx.train import sharding as shd
-from vitx.train import steps, trainer
 from vitx.utils import perf
 
 # models with the `patch_embed` / `attention_impl` fast paths (the "plain" variant turns them off)
@@ -160,6 +164,16 @@ class _Bench:
         jax.block_until_ready(m)
         return time.perf_counter() - t0
 
+    def trace(self, num_steps: int, log_dir: str) -> str:
+        """A profiler trace of `num_steps` steps on the synthetic batch in `log_dir`; returns
+        the folder the trace went to (`log_dir/plugins/profile`)."""
+        jax.block_until_ready(self.state)
+
+        def one(_: int) -> Any:
+            self.state, m = self.fn(self.state, self.batch)
+            return m
+        return profiling.trace_steps(log_dir, num_steps, one)
+
     def pipeline(self) -> Any:
         """The run's real training input: tf.data pipeline -> global device arrays, prefetched."""
         from vitx.data import pipeline
@@ -205,17 +219,26 @@ def _checks(b: _Bench, num_steps: int, rounds: int = 3) -> dict[str, float]:
     return out
 
 
-def run(config: ml_collections.ConfigDict, *, steps: int = 20,
-        checks: bool = True) -> list[dict[str, Any]]:
+def run(config: ml_collections.ConfigDict, *, steps: int = 20, checks: bool = True,
+        profile: str | None = None) -> list[dict[str, Any]]:
     """Print and return one row per variant: name, steps/s, images/s, ratio to the first, compile
     seconds, FLOPs per step, MFU against this run's matmul peak, program memory.
 
     With `checks` (single-task configs), also the real input pipeline's step rate as a fraction
     of the synthetic one (goal >= 0.95) and an async checkpoint save's cost in steps (goal <
     0.05); for FlexiViT configs, the number of programs compiled for the patch sizes (goal:
-    one per size).
+    one per size). With `profile` (a folder), a profiler trace of the first variant's steps
+    (`config.profile.num_steps` of them if set, else `steps`) goes to `profile/plugins/profile/`
+    (the first row's `profile_dir`).
+
+    Raises:
+      ConfigError: `profile` with a multi-task config (profile `vitx train` with
+        `config.profile` instead).
     """
     if config.get("multitask"):
+        if profile:
+            raise config_lib.ConfigError("--profile: multi-task configs are not profiled by "
+                                         "vitx bench; set config.profile in vitx train instead")
         return run_multitask(config, steps=steps)
     config = copy.deepcopy(config)
     config.unlock()
@@ -263,6 +286,11 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 20,
     peak_mem = perf.device_peak_memory()
     if peak_mem is not None:
         print(f"  device peak memory: {peak_mem / 2**20:.0f} MiB")
+    if profile and first is not None:
+        n = (config.get("profile") or {}).get("num_steps") or steps
+        rows[0]["profile_dir"] = first.trace(n, profile)
+        print(f"  profile of {n} {rows[0]['variant']} steps in {rows[0]['profile_dir']}; "
+              f"view it with `tensorboard --logdir {profile}` (Profile tab)")
     if checks and first is not None:
         extra = _checks(first, steps)
         rows[0].update(extra)

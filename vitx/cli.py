@@ -2,7 +2,7 @@
 
   vitx train --config configs/vit_digits.py[:key=value,flag] --workdir DIR [--config.key=value]
   vitx eval  --config configs/vit_digits.py --checkpoint DIR [--config.key=value ...]
-  vitx bench --config configs/vit_digits.py [--steps N]
+  vitx bench --config configs/vit_digits.py [--steps N] [--profile [DIR]]
   vitx export --checkpoint DIR --output params.npz [--layout vit_jax|big_vision|vitx]
   vitx sweep --config configs/vit_digits.py --dir DIR --sweep 'config.lr=[1e-3,3e-4]' [--parallel N]
 
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure train-step throughput for a config")
     b.add_argument("--config", required=True)
     b.add_argument("--steps", type=int, default=20)
+    b.add_argument("--profile", nargs="?", default=None, metavar="DIR",
+                   const=os.path.join(tempfile.gettempdir(), "vitx_bench_profile"),
+                   help="also write a profiler trace of the first variant's steps to "
+                        "DIR/plugins/profile (default DIR: %(const)s); open it with "
+                        "`tensorboard --logdir DIR`")
     x = sub.add_parser("export", help="write a checkpoint's params as .npz (vit_jax/big_vision)")
     x.add_argument("--checkpoint", required=True,
                    help="WORKDIR, WORKDIR/checkpoints/STEP or file.npz, optionally :subtree")
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vitx: metrics written to {out}")
         else:
             from vitx import bench
-            bench.run(config, steps=args.steps)
+            bench.run(config, steps=args.steps, profile=args.profile)
     except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
         return _error(e, 2)
     except FloatingPointError as e:  # vitx.utils.TrainingDiverged: the run diverged

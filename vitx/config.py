@@ -126,7 +126,8 @@ def parse_arg(arg: str | None, *, positional: str | None = None, choices: Sequen
 
 #: Top-level keys the trainer reads with a default when a config file lacks them; overrides may
 #: set them anyway (e.g. `--config.skip_nonfinite_updates=True`).
-OPTIONAL_KEYS: dict[str, Any] = {"skip_nonfinite_updates": False}
+OPTIONAL_KEYS: dict[str, Any] = {"skip_nonfinite_updates": False, "profile": None,
+                                 "compilation_cache": "auto"}
 
 
 def set_value(config: ml_collections.ConfigDict, key: str, value: Any,
@@ -238,13 +239,35 @@ def _check_number(config: ml_collections.ConfigDict, key: str, *, lo: float | No
                           f"--config.{key}=...")
 
 
+def _check_profile(config: ml_collections.ConfigDict) -> None:
+    """`profile` is None or dict(start_step=int >= 0, num_steps=int >= 1); `compilation_cache`
+    is "auto", a folder or None (see `vitx.train.profiling`).
+
+    Raises:
+      ConfigError: naming the key, the value and the fix.
+    """
+    prof = config.get("profile")
+    if prof is not None:
+        if not hasattr(prof, "keys") or set(prof.keys()) != {"start_step", "num_steps"}:
+            shown = prof.to_dict() if isinstance(prof, ml_collections.ConfigDict) else prof
+            raise ConfigError(f"profile={shown!r} must be None or dict(start_step=S, "
+                              f"num_steps=N); fix it in the config or with "
+                              f"--config.profile=\"{{'start_step': 2, 'num_steps': 3}}\"")
+        _check_number(config, "profile.start_step", lo=0, integer=True, none_ok=False)
+        _check_number(config, "profile.num_steps", lo=1, integer=True, none_ok=False)
+    cache = config.get("compilation_cache", "auto")
+    if cache is not None and (not isinstance(cache, str) or not cache):
+        raise ConfigError(f"compilation_cache={cache!r} must be 'auto', a folder or None; fix "
+                          f"it in the config or with --config.compilation_cache=None (off)")
+
+
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     """Check what can be checked before data and model are built.
 
     Raises:
       ConfigError: a missing key, a value of the wrong type or out of range (lr, wd, step
-        counts and frequencies, num_classes, ...), or a batch size not divisible by the number
-        of devices.
+        counts and frequencies, num_classes, profile, compilation_cache, ...), or a batch size
+        not divisible by the number of devices.
     """
     multi = bool(config.get("multitask"))
     for key in REQUIRED_KEYS + (() if multi else SINGLE_TASK_KEYS):
@@ -264,6 +287,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     skip = config.get("skip_nonfinite_updates", False)
     if not isinstance(skip, bool):
         raise ConfigError(f"skip_nonfinite_updates={skip!r} must be True or False")
+    _check_profile(config)
     if multi:
         sizes = {f"multitask.tasks[{i}].input.batch_size": t["input"]["batch_size"]
                  for i, t in enumerate(config.multitask.tasks)}
@@ -300,7 +324,8 @@ RESUME_FIXED_KEYS = ("model_name", "model", "num_classes", "optax_name", "optax"
                      "grad_clip_norm")
 #: Keys that may change between the runs of one workdir (how long and how often, where data is).
 RESUME_FREE_KEYS = ("total_steps", "total_epochs", "log_every_steps", "eval_every_steps",
-                    "checkpoint", "data_dir", "evals", "skip_nonfinite_updates")
+                    "checkpoint", "data_dir", "evals", "skip_nonfinite_updates", "profile",
+                    "compilation_cache")
 
 
 def flat_config(config: Any, prefix: str = "") -> dict[str, Any]:

@@ -62,13 +62,12 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str) -> dict[str, fl
     # Strict: the params (and batch statistics, if the model has them) must fit the model.
     loaded = {"params": loaded, **checkpoints.load_model_state(checkpoint)}
     variables = tree.merge_params(template, loaded)  # the template costs no memory
-    variable_shardings = shd.tree_shardings(variables, s.mesh,
-                                            list(config.get("sharding_rules") or []))
+    variable_shardings = shd.tree_shardings(variables, s.mesh, list(s.run.sharding_rules))
     variables = jax.device_put(variables, variable_shardings)
 
     def context_for(name: str | None) -> dict[str, Any]:
         return dict(predict_fn=s.predict_fn_for(name), task=s.routes[name].task, mesh=s.mesh,
-                    variable_shardings=variable_shardings, data_dir=config.get("data_dir"),
+                    variable_shardings=variable_shardings, data_dir=s.run.data_dir,
                     default_batch_size=s.routes[name].input.batch_size)
     metrics: dict[str, float] = {} if meta.get("step") is None else {"step": float(meta["step"])}
     for ev in evaluators.from_config(config.evals, context_for):

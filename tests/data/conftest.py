@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def digits_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A TFDS data dir holding the prepared ``digits`` dataset, built once per session."""
+    """A TFDS data dir holding the prepared `digits` dataset, built once per session."""
     from vitx.data.builders import ensure_built
 
     data_dir = tmp_path_factory.mktemp("tfds")

@@ -1,4 +1,4 @@
-"""The ``digits`` TFDS builder and ``ensure_built``."""
+"""The `digits` TFDS builder and `ensure_built`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``dtmf_keys`` TFDS builder and the ``log_mel`` preprocessing op."""
+"""The `dtmf_keys` TFDS builder and the `log_mel` preprocessing op."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from vitx.data.builders import dtmf_keys, ensure_built
 from vitx.data.pipeline import build_dataset
-from vitx.data.preprocess import get_preprocess_fn
+from vitx.data.pp import get_preprocess_fn
 
 SR, N = dtmf_keys.SAMPLE_RATE, dtmf_keys.NUM_SAMPLES
 # ITU-T Q.23 keypad, written out independently of the builder's table.
@@ -23,7 +23,7 @@ EXPECTED_FREQS = {
 
 @pytest.fixture(scope="session")
 def dtmf_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A TFDS data dir holding the prepared ``dtmf_keys`` dataset, built once per session."""
+    """A TFDS data dir holding the prepared `dtmf_keys` dataset, built once per session."""
     data_dir = tmp_path_factory.mktemp("tfds_dtmf_keys")
     ensure_built("dtmf_keys", str(data_dir))
     return str(data_dir)

@@ -1,4 +1,4 @@
-"""The ``moving_digits`` TFDS builder and the key-generic preprocessing ops it needs."""
+"""The `moving_digits` TFDS builder and the key-generic preprocessing ops it needs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 
 from vitx.data.builders import digits, ensure_built, moving_digits
 from vitx.data.pipeline import build_dataset
-from vitx.data.preprocess import get_preprocess_fn
+from vitx.data.pp import get_preprocess_fn
 
 T, S = moving_digits.NUM_FRAMES, moving_digits.FRAME_SIZE
 ARRAY_KEYS = ("video", "mask", "flow")
@@ -20,14 +20,14 @@ ARRAY_KEYS = ("video", "mask", "flow")
 
 @pytest.fixture(scope="session")
 def moving_digits_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A TFDS data dir holding the prepared ``moving_digits`` dataset, built once per session."""
+    """A TFDS data dir holding the prepared `moving_digits` dataset, built once per session."""
     data_dir = tmp_path_factory.mktemp("tfds_moving_digits")
     ensure_built("moving_digits", str(data_dir))
     return str(data_dir)
 
 
 def _load(data_dir: str, split: str, arrays: bool = True) -> dict[str, np.ndarray]:
-    """The whole split as numpy; ``arrays=False`` skips decoding video/mask/flow."""
+    """The whole split as numpy; `arrays=False` skips decoding video/mask/flow."""
     builder = tfds.builder("moving_digits", data_dir=data_dir)
     decoders = None if arrays else {k: tfds.decode.SkipDecoding() for k in ARRAY_KEYS}
     ds = builder.as_dataset(split=split, shuffle_files=False, batch_size=-1, decoders=decoders)

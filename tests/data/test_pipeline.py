@@ -194,3 +194,17 @@ def test_tf_sees_no_accelerators() -> None:
 
     assert tf.config.get_visible_devices("GPU") == []
     assert pipeline.MASK_KEY == "_mask"
+
+
+def test_dataset_info_is_resolved_once(digits_data_dir: str) -> None:
+    info = pipeline.dataset_info("digits", digits_data_dir)
+    assert pipeline.dataset_info("digits", digits_data_dir) is info
+    assert dict(info.split_sizes) == {"train": 1437, "test": 360}
+    assert info.num_classes == 10 and info.image_keys == ("image",)
+    sub = pipeline.dataset_info("digits", digits_data_dir, [7, 3])
+    assert sub.builder is info.builder and sub.label_subset == (7, 3)
+    per_label = [pipeline.dataset_info("digits", digits_data_dir, [c]).count("test")
+                 for c in (7, 3)]
+    assert sub.count("test") == sum(per_label) and info.count("test") == 360
+    with pytest.raises(ValueError, match="duplicates"):
+        pipeline.dataset_info("digits", digits_data_dir, [3, 3])

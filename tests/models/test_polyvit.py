@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from vitx.models import build_model, get_model_module, polyvit, vit
+from vitx.models.polyvit import model as polyvit_model
 from vitx.utils import npz, tree
 
 MODALITIES = {
@@ -166,7 +167,7 @@ def test_registry_and_config_dict():
     assert get_model_module("polyvit") is polyvit
     cfg = ml_collections.ConfigDict(CFG)  # as config.model, passed as **kwargs
     m = build_model("polyvit", 5, **cfg)
-    assert isinstance(m, polyvit._PolyViT) and m == _model()
+    assert isinstance(m, polyvit_model._PolyViT) and m == _model()
     polyvit.check_input(cfg, (24, 16, 1))
     assert polyvit.pruned_model_cfg(cfg, task="keys")["heads"] == {"keys": HEADS["keys"]}
 
@@ -300,8 +301,8 @@ def test_load_from_vit_static_video_matches_image_model(tmp_path_factory, k, inf
     _, got = _apply(m, "video1", "video1")({"params": params}, jnp.stack([img, img], axis=1))
     np.testing.assert_allclose(got["pre_logits"], want["pre_logits"], atol=1e-5)
     # T/t = 2: the tokens are the image tokens repeated over time, and so are the outputs.
-    patch = {name: p for name, p, _ in m.modalities}
-    tok = lambda mod, x: polyvit._Tokenizer(mod, patch[mod], x.shape[1:], 32).apply(
+    patch = {mo.name: mo.patch for mo in m.modalities}
+    tok = lambda mod, x: polyvit_model._Tokenizer(mod, patch[mod], x.shape[1:], 32).apply(
         {"params": params[f"tokenizer_{mod}"]}, x)
     video = jnp.stack([img] * 4, axis=1)
     ti, tv = tok("image", img), tok("video2", video)

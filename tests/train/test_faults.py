@@ -28,8 +28,9 @@ import tensorflow as tf
 
 from vitx import cli, experiment
 from vitx import config as config_lib
-from vitx.data import pipeline, preprocess
-from vitx.train import steps, trainer
+from vitx.data import pipeline
+from vitx.data import pp as preprocess
+from vitx.train import optim, steps
 from vitx.utils import TrainingDiverged, checkpoints
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
@@ -210,8 +211,8 @@ def _nan_update_at(k: int) -> optax.GradientTransformation:
 def test_nonfinite_params_are_never_saved(data_dir, tmp_path, monkeypatch):
     """An update that makes the params NaN while the step's loss and gradients were finite: the
     save at that step is refused (the state itself is checked before every save)."""
-    make = trainer.optim.make_optimizer
-    monkeypatch.setattr(trainer.optim, "make_optimizer",
+    make = optim.make_optimizer
+    monkeypatch.setattr(optim, "make_optimizer",
                         lambda config, params: optax.chain(make(config, params),
                                                            _nan_update_at(4)))
     workdir = str(tmp_path / "wd")

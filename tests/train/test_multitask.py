@@ -15,7 +15,7 @@ import pytest
 
 from vitx import cli, experiment, models
 from vitx import config as config_lib
-from vitx.train import trainer
+from vitx.train import preemption
 from vitx.utils import checkpoints, npz
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,7 +55,7 @@ def runs(data_dir, tmp_path_factory):
     a, b = str(base / "a"), str(base / "b")
     ra = _run(tiny(data_dir), a)
 
-    class StopAt(trainer._StopFlag):
+    class StopAt(preemption.StopFlag):
         checks = 0
 
         @property
@@ -67,12 +67,12 @@ def runs(data_dir, tmp_path_factory):
         def signum(self, value) -> None:
             pass
 
-    original = trainer._StopFlag
-    trainer._StopFlag = StopAt
+    original = preemption.StopFlag
+    preemption.StopFlag = StopAt
     try:
         assert _run(tiny(data_dir), b) == {}
     finally:
-        trainer._StopFlag = original
+        preemption.StopFlag = original
     rb = _run(tiny(data_dir), b)
     return a, b, ra, rb
 

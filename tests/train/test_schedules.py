@@ -12,8 +12,8 @@ from vitx.train.schedules import (
     ScheduleStage,
     choice_at,
     gaussian_probs,
-    validate_patch_sizes,
 )
+from vitx.utils.patch_sizes import validate_patch_sizes
 
 SIZES = (4, 6, 8, 12, 16, 24)  # all divide 48
 N_STEPS = 20_000

@@ -28,7 +28,7 @@ import pytest
 
 from vitx import cli, experiment
 from vitx import config as config_lib
-from vitx.train import trainer
+from vitx.train import preemption
 from vitx.utils import checkpoints
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
@@ -62,10 +62,10 @@ def run_train(config, workdir: str) -> tuple[dict, str]:
 
 
 def stop_flag_after(n_checks: int) -> type:
-    """A `_StopFlag` whose `signum` reads as SIGTERM from the `n_checks`-th check on (the loop
+    """A `StopFlag` whose `signum` reads as SIGTERM from the `n_checks`-th check on (the loop
     checks it once after every step), as if the signal had arrived during step `n_checks`."""
 
-    class StopAfter(trainer._StopFlag):
+    class StopAfter(preemption.StopFlag):
         def __init__(self) -> None:
             self.checks = 0
             super().__init__()
@@ -131,7 +131,7 @@ def run_b(data_dir, tmp_path_factory):
     """
     workdir = str(tmp_path_factory.mktemp("run_b"))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer, "_StopFlag", stop_flag_after(STOP_STEP))
+        mp.setattr(preemption, "StopFlag", stop_flag_after(STOP_STEP))
         first = run_train(tiny_config(data_dir), workdir)
     after_stop = checkpoint_steps(workdir), restore_state(workdir, STOP_STEP)
     second = run_train(tiny_config(data_dir), workdir)
@@ -211,7 +211,7 @@ def test_resume_is_bitwise_identical_to_uninterrupted_run(run_a, run_b, bitwise_
 
 
 def test_stop_on_a_periodic_checkpoint_step(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "_StopFlag", stop_flag_after(5))  # checkpoint.every_steps=5
+    monkeypatch.setattr(preemption, "StopFlag", stop_flag_after(5))  # checkpoint.every_steps=5
     results, stdout = run_train(tiny_config(data_dir), str(tmp_path))
     assert results == {}
     assert "vitx: stopped at step 5/20" in stdout

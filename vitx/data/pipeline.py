@@ -1,14 +1,18 @@
-"""Input pipeline: a prepared TFDS split -> tf.data batches -> global, sharded ``jax.Array`` s.
+"""Input pipeline: a prepared TFDS split -> tf.data batches -> global, sharded `jax.Array`s.
 
 Reproducibility contract (train): the stream of examples is a pure function of (dataset,
-split, process, ``seed``). Example number ``i`` of the repeated, shuffled stream gets the
-stateless preprocessing seed ``fold_in(fold_in([seed, SALT], process_index), i)``, so a run
-resumed with ``start_step=s`` yields bit-for-bit the batches a fresh run yields from step
-``s`` on (the skipped examples are read, but neither decoded nor preprocessed).
+split, process, `seed`). Example number `i` of the repeated, shuffled stream gets the
+stateless preprocessing seed `fold_in(fold_in([seed, SALT], process_index), i)`, so a run
+resumed with `start_step=s` yields bit-for-bit the batches a fresh run yields from step
+`s` on (the skipped examples are read, but neither decoded nor preprocessed).
 
 Eval: one pass, no shuffling; the last batch is padded with zeros up to the per-process batch
-size and every example carries ``_mask`` (float32, 1 real / 0 padding). All processes yield
-the same number of batches, so metrics summed with ``_mask`` are exact over the whole split.
+size and every example carries `_mask` (float32, 1 real / 0 padding). All processes yield
+the same number of batches, so metrics summed with `_mask` are exact over the whole split.
+
+A dataset is resolved once per (name, data dir) by `dataset_info` (a frozen `DatasetInfo`:
+builder, features, split sizes, classes; see `vitx.data.info`), which `num_examples`,
+`build_dataset` and `element_spec` share.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vitx.data import preprocess
 from vitx.data.builders import ensure_built, hide_accelerators_from_tf
+from vitx.data.info import DatasetInfo, dataset_info
+from vitx.data.pp import SEED_KEY, get_preprocess_fn
+
+__all__ = ["MASK_KEY", "SEED_KEY", "DatasetInfo", "build_dataset", "dataset_info",
+           "element_spec", "ensure_built", "global_batches", "num_examples"]
 
 hide_accelerators_from_tf()
 
 MASK_KEY = "_mask"
-SEED_KEY = preprocess.SEED_KEY
 # Mixed into every per-example seed so data seeds differ from other uses of the same `seed`.
 _SEED_SALT = 0x5EED_DA7A
 # Eval preprocessing uses this fixed seed (eval results must not depend on the train seed).
@@ -37,7 +44,7 @@ _EVAL_SEED = 0
 
 
 def _check_batch_size(global_batch_size: Any) -> int:
-    """Returns the per-process batch size or raises a ValueError naming ``batch_size``."""
+    """Returns the per-process batch size or raises a ValueError naming `batch_size`."""
     count = jax.process_count()
     if (
         not isinstance(global_batch_size, int | np.integer)
@@ -56,91 +63,6 @@ def _check_batch_size(global_batch_size: Any) -> int:
     return int(global_batch_size) // count
 
 
-def _check_label_subset(
-    label_subset: Sequence[int] | None, builder: tfds.core.DatasetBuilder
-) -> tuple[int, ...] | None:
-    if label_subset is None:
-        return None
-    labels = tuple(label_subset)
-    if not labels or not all(
-        isinstance(c, int | np.integer) and not isinstance(c, bool) and c >= 0 for c in labels
-    ):
-        raise ValueError(
-            f"label_subset={label_subset!r} must be a non-empty list of non-negative ints, "
-            "e.g. [5, 6, 7, 8, 9]."
-        )
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"label_subset={label_subset!r} has duplicates; list each label once.")
-    label_feature = builder.info.features["label"] if "label" in builder.info.features else None
-    num_classes = getattr(label_feature, "num_classes", None)
-    if num_classes is not None and max(labels) >= num_classes:
-        raise ValueError(
-            f"label_subset={label_subset!r} has labels >= num_classes={num_classes} of "
-            f"dataset {builder.name!r}; use labels in [0, {num_classes})."
-        )
-    return tuple(int(c) for c in labels)
-
-
-def _image_keys(builder: tfds.core.DatasetBuilder) -> list[str]:
-    features = builder.info.features
-    return [k for k in features if isinstance(features[k], tfds.features.Image)]
-
-
-def _read(
-    builder: tfds.core.DatasetBuilder, split: Any, skip_image_decoding: bool
-) -> tf.data.Dataset:
-    """Reads ``split`` in file order, deterministically; images optionally left encoded."""
-    options = tf.data.Options()
-    options.deterministic = True
-    read_config = tfds.ReadConfig(options=options, try_autocache=False, shuffle_seed=None)
-    decoders = None
-    if skip_image_decoding:
-        decoders = {k: tfds.decode.SkipDecoding() for k in _image_keys(builder)} or None
-    try:
-        return builder.as_dataset(
-            split=split,
-            shuffle_files=False,
-            as_supervised=False,
-            read_config=read_config,
-            decoders=decoders,
-        )
-    except (ValueError, KeyError, AssertionError) as e:
-        raise ValueError(
-            f"cannot read split={getattr(split, 'split', split)!r} of dataset "
-            f"{builder.name!r} (available splits: "
-            f"{sorted(builder.info.splits)}): {e}"
-        ) from None
-
-
-def _apply_label_subset(ds: tf.data.Dataset, labels: tuple[int, ...] | None) -> tf.data.Dataset:
-    """Keeps examples whose ``label`` is in ``labels`` and relabels them 0..len(labels)-1."""
-    if labels is None:
-        return ds
-    table = np.full(max(labels) + 1, -1, dtype=np.int64)
-    table[list(labels)] = np.arange(len(labels))
-    table_t = tf.constant(table)
-    size = len(table)
-
-    def new_label(label: tf.Tensor) -> tf.Tensor:
-        label = tf.cast(label, tf.int64)
-        in_range = tf.logical_and(label >= 0, label < size)
-        return tf.where(in_range, tf.gather(table_t, tf.clip_by_value(label, 0, size - 1)), -1)
-
-    ds = ds.filter(lambda ex: new_label(ex["label"]) >= 0)
-    return ds.map(
-        lambda ex: {**ex, "label": tf.cast(new_label(ex["label"]), ex["label"].dtype)},
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-
-
-def _count(builder: tfds.core.DatasetBuilder, split: Any, labels: tuple[int, ...] | None) -> int:
-    if labels is None:
-        return int(builder.info.splits[split].num_examples)
-    ds = _apply_label_subset(_read(builder, split, skip_image_decoding=True), labels)
-    return int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
-
-
 def num_examples(
     *,
     name: str,
@@ -148,33 +70,32 @@ def num_examples(
     data_dir: str | None,
     label_subset: Sequence[int] | None = None,
 ) -> int:
-    """Number of examples in the WHOLE ``split`` (all processes), after ``label_subset``.
+    """Number of examples in the WHOLE `split` (all processes), after `label_subset`.
 
     Args:
-        name: TFDS dataset name, e.g. ``"digits"``.
-        split: TFDS split spec, e.g. ``"test"`` or ``"train[:90%]"``.
-        data_dir: TFDS data dir (``None``: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+        name: TFDS dataset name, e.g. `"digits"`.
+        split: TFDS split spec, e.g. `"test"` or `"train[:90%]"`.
+        data_dir: TFDS data dir (`None`: `$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
         label_subset: if given, only examples with these labels are counted.
 
     Raises:
-        ValueError: unknown/unprepared dataset, bad split or bad ``label_subset``.
+        ValueError: unknown/unprepared dataset, bad split or bad `label_subset`.
     """
-    builder = ensure_built(name, data_dir)
-    labels = _check_label_subset(label_subset, builder)
+    info = dataset_info(name, data_dir, label_subset)
     try:
-        return _count(builder, split, labels)
+        return info.count(split)
     except (ValueError, KeyError, AssertionError) as e:
         raise ValueError(
             f"cannot count split={split!r} of dataset {name!r} (available splits: "
-            f"{sorted(builder.info.splits)}): {e}"
+            f"{sorted(info.builder.info.splits)}): {e}"
         ) from None
 
 
-def _example_fn(builder: tfds.core.DatasetBuilder, pp: str, seed: int) -> Any:
-    """(index, example) -> preprocessed example: decodes images, seeds, runs ``pp``."""
-    pp_fn = preprocess.get_preprocess_fn(pp)
-    features = builder.info.features
-    image_keys = _image_keys(builder)
+def _example_fn(info: DatasetInfo, pp: str, seed: int) -> Any:
+    """(index, example) -> preprocessed example: decodes images, seeds, runs `pp`."""
+    pp_fn = get_preprocess_fn(pp)
+    features = info.features
+    image_keys = info.image_keys
     base_seed = tf.random.experimental.stateless_fold_in(
         tf.constant([seed, _SEED_SALT], tf.int64), jax.process_index()
     )
@@ -206,33 +127,33 @@ def build_dataset(
     cache: bool = True,
     label_subset: Sequence[int] | None = None,
 ) -> tf.data.Dataset:
-    """Builds this process's tf.data pipeline of batches for ``split`` of dataset ``name``.
+    """Builds this process's tf.data pipeline of batches for `split` of dataset `name`.
 
-    Each process reads its own ``tfds.split_for_jax_process(split)`` part and produces
-    batches of ``per_process_batch = global_batch_size // jax.process_count()`` examples.
+    Each process reads its own `tfds.split_for_jax_process(split)` part and produces
+    batches of `per_process_batch = global_batch_size // jax.process_count()` examples.
 
     Args:
-        name: TFDS name; vitx's own builders (``digits``) are prepared on first use.
-        split: TFDS split spec (``"train"``, ``"test"``, ``"train[:90%]"``...).
-        data_dir: TFDS data dir (``None``: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
-        pp: preprocessing spec for one example, see :mod:`vitx.data.preprocess`.
+        name: TFDS name; vitx's own builders (`digits`) are prepared on first use.
+        split: TFDS split spec (`"train"`, `"test"`, `"train[:90%]"`...).
+        data_dir: TFDS data dir (`None`: `$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
+        pp: preprocessing spec for one example, see `vitx.data.pp`.
         global_batch_size: examples per step over all processes.
-        train: True: shuffled, repeated forever, randomly augmented, ``start_step`` skipped.
-            False: one ordered pass, last batch zero-padded, ``_mask`` key added.
+        train: True: shuffled, repeated forever, randomly augmented, `start_step` skipped.
+            False: one ordered pass, last batch zero-padded, `_mask` key added.
         seed: shuffle and augmentation seed (train only; eval uses a fixed seed).
-        start_step: train steps already done; skips ``start_step * per_process_batch``
+        start_step: train steps already done; skips `start_step * per_process_batch`
             examples so a resumed run sees the same batches as an uninterrupted one.
         shuffle_buffer: shuffle buffer size in examples (train only).
         cache: cache the (filtered, still encoded) examples in memory after the first pass.
         label_subset: keep only these labels, remapped to their index in the list.
 
     Returns:
-        Dataset of dicts of batched tensors with leading dim ``per_process_batch``, e.g.
-        ``image`` (batch, height, width, channels) and ``label`` (batch,) or
-        (batch, num_classes); eval batches also have ``_mask`` float32 (batch,).
+        Dataset of dicts of batched tensors with leading dim `per_process_batch`, e.g.
+        `image` (batch, height, width, channels) and `label` (batch,) or
+        (batch, num_classes); eval batches also have `_mask` float32 (batch,).
 
     Raises:
-        ValueError: bad ``batch_size``/``start_step``/``shuffle_buffer``/``label_subset``/``pp``,
+        ValueError: bad `batch_size`/`start_step`/`shuffle_buffer`/`label_subset`/`pp`,
             unknown or unprepared dataset, unknown split.
     """
     local_batch = _check_batch_size(global_batch_size)
@@ -240,12 +161,12 @@ def build_dataset(
         raise ValueError(f"start_step={start_step!r} must be an int >= 0.")
     if train and (not isinstance(shuffle_buffer, int | np.integer) or shuffle_buffer < 1):
         raise ValueError(f"shuffle_buffer={shuffle_buffer!r} must be a positive int.")
-    preprocess.get_preprocess_fn(pp)  # Fail early (and outside tf.data tracing) on a bad spec.
-    builder = ensure_built(name, data_dir)
-    labels = _check_label_subset(label_subset, builder)
+    get_preprocess_fn(pp)  # Fail early (and outside tf.data tracing) on a bad spec.
+    info = dataset_info(name, data_dir, label_subset)
+    labels = info.label_subset
     process_split = tfds.split_for_jax_process(split)
 
-    ds = _apply_label_subset(_read(builder, process_split, skip_image_decoding=True), labels)
+    ds = info.read(process_split, skip_image_decoding=True)
     if cache:
         ds = ds.cache()
     options = tf.data.Options()
@@ -257,7 +178,7 @@ def build_dataset(
         ds = ds.enumerate()
         ds = ds.skip(int(start_step) * local_batch)
         ds = ds.map(
-            _example_fn(builder, pp, seed),
+            _example_fn(info, pp, seed),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
@@ -267,11 +188,7 @@ def build_dataset(
     # Eval: every process must yield the same number of batches (collectives in lockstep).
     count = jax.process_count()
     counts = [
-        _count(
-            builder,
-            tfds.split_for_jax_process(split, process_index=p, process_count=count),
-            labels,
-        )
+        info.count(tfds.split_for_jax_process(split, process_index=p, process_count=count))
         for p in range(count)
     ]
     num_batches = math.ceil(max(counts) / local_batch)
@@ -281,7 +198,7 @@ def build_dataset(
             + (f" with label_subset={list(labels)}" if labels else "")
             + "; pick a non-empty split."
         )
-    example_fn = _example_fn(builder, pp, _EVAL_SEED)
+    example_fn = _example_fn(info, pp, _EVAL_SEED)
 
     def with_mask(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         out = example_fn(index, example)
@@ -329,20 +246,20 @@ def _to_global(key: str, x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.
 def global_batches(
     ds: tf.data.Dataset, sharding: jax.sharding.Sharding, prefetch: int = 2
 ) -> Iterator[dict[str, jax.Array]]:
-    """Yields each batch of ``ds`` as global ``jax.Array`` s sharded by ``sharding``.
+    """Yields each batch of `ds` as global `jax.Array`s sharded by `sharding`.
 
-    Every process passes its own per-process batches (leading dim ``per_process_batch``);
-    each yielded array has leading dim ``per_process_batch * jax.process_count()``.
-    int64/float64 become int32/float32 unless ``jax_enable_x64`` is on.
+    Every process passes its own per-process batches (leading dim `per_process_batch`);
+    each yielded array has leading dim `per_process_batch * jax.process_count()`.
+    int64/float64 become int32/float32 unless `jax_enable_x64` is on.
 
     Args:
-        ds: batched dataset from :func:`build_dataset`.
+        ds: batched dataset from `build_dataset`.
         sharding: sharding of the batch, normally over the leading dim, e.g.
-            ``NamedSharding(mesh, P(("data", "fsdp")))``.
+            `NamedSharding(mesh, P(("data", "fsdp")))`.
         prefetch: number of batches transferred to devices ahead of the consumer.
 
     Raises:
-        ValueError: ``prefetch`` < 0, or a batch holds strings (drop them with ``keep``).
+        ValueError: `prefetch` < 0, or a batch holds strings (drop them with `keep`).
     """
     if not isinstance(prefetch, int) or prefetch < 0:
         raise ValueError(f"prefetch={prefetch!r} must be an int >= 0.")

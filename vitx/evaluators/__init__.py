@@ -4,11 +4,14 @@
                                batch_size=..., label_subset=None)
     config.evals.<name> = dict(type="per_patch_size", patch_sizes=(4, 8, 16), ...)  # FlexiViT
     config.evals.<name> = dict(type="classification", task="video_direction", ...)  # multi-task
+    config.evals.<name> = dict(type="fewshot_linear", train_split=..., test_split=..., shots=...)
+    config.evals.<name> = dict(type="knn", train_split=..., test_split=..., k=20)
 
 Every evaluator receives an `EvalContext`: a predict function `(variables, batch, **static_kw)
--> logits` (variables: {"params": ..., plus state such as "batch_stats"}; built by the caller
-from the model and the task), the task (which keys it reads, its
-loss and hit), the mesh and the data settings. An evaluator module defines
+-> (logits, aux)` (big_vision's `predict_fn` convention; variables: {"params": ..., plus state
+such as "batch_stats"}; `aux`: the model's named intermediate outputs, e.g. "pre_logits" (B, D)
+or the token map; built by the caller from the model and the task), the task (which keys it
+reads, its loss and hit), the mesh and the data settings. An evaluator module defines
 `Evaluator(name, cfg, ctx)` with `run(variables, *, final=False) -> {metric name: float}`.
 Add one: write `vitx/evaluators/<type>.py` and list it in `EVALUATORS`.
 """
@@ -27,6 +30,8 @@ __all__ = ["EVALUATORS", "EvalContext", "from_config"]
 
 EVALUATORS = {
     "classification": "vitx.evaluators.classification",
+    "fewshot_linear": "vitx.evaluators.fewshot",
+    "knn": "vitx.evaluators.knn",
     "per_patch_size": "vitx.evaluators.per_patch_size",
 }
 
@@ -36,7 +41,9 @@ class EvalContext:
     """What every evaluator gets.
 
     Attributes:
-      predict_fn: (variables, batch, **static_kw) -> logits (B, K); jittable.
+      predict_fn: (variables, batch, **static_kw) -> (logits (B, K), aux); jittable. `aux`
+        is the model's dict of named intermediate outputs (e.g. "pre_logits" (B, D),
+        "encoded" (B, N, D)).
       task: the `vitx.tasks` task (model inputs, per-example loss and top-1 hit).
       mesh: the device mesh (batches are sharded over its batch axes).
       variable_shardings: shardings of the variables passed to `run`.
@@ -45,7 +52,7 @@ class EvalContext:
       workdir: where evaluators may write files (plots), or None.
     """
 
-    predict_fn: Callable[..., jax.Array]
+    predict_fn: Callable[..., tuple[jax.Array, dict[str, Any]]]
     task: Any
     mesh: jax.sharding.Mesh
     variable_shardings: Any

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vitx.data import pipeline
-from vitx.evaluators import EvalContext
+from vitx.evaluators import EvalContext, features
 from vitx.train import sharding as shd
 from vitx.train import steps
 
@@ -37,15 +37,12 @@ class Evaluator:
     def __init__(self, name: str, cfg: ml_collections.ConfigDict, ctx: EvalContext):
         self.name = name
         self.ctx = ctx
-        self.ds = pipeline.build_dataset(
-            name=cfg.dataset, split=cfg.split, data_dir=ctx.data_dir, pp=cfg.pp,
-            global_batch_size=cfg.get("batch_size", ctx.default_batch_size), train=False,
-            cache=True, label_subset=cfg.get("label_subset"))
+        self.ds = features.eval_dataset(cfg, ctx, cfg.split)
         self.batch_sharding = shd.batch_sharding(ctx.mesh)
         task, predict = ctx.task, ctx.predict_fn
 
         def sums(variables: Any, batch: dict, **model_kw: Any) -> dict:
-            logits = predict(variables, batch, **model_kw)
+            logits, _ = predict(variables, batch, **model_kw)
             mask = batch.get(pipeline.MASK_KEY, jnp.ones(logits.shape[:1])).astype(jnp.float32)
             return {"correct": jnp.sum(task.correct(logits, batch) * mask),
                     "loss": jnp.sum(task.loss(logits, batch) * mask),

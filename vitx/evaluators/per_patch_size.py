@@ -19,8 +19,8 @@ import ml_collections
 import numpy as np
 
 from vitx.evaluators import EvalContext, classification
-from vitx.train.schedules import validate_patch_sizes
 from vitx.utils import plots
+from vitx.utils.patch_sizes import validate_patch_sizes
 
 
 class Evaluator(classification.Evaluator):

@@ -1,7 +1,7 @@
 """CoAtNet: convolution stages (MBConv) followed by relative-attention Transformer stages.
 
 Source: Dai, Liu, Le, Tan, "CoAtNet: Marrying Convolution and Attention for All Data Sizes",
-NeurIPS 2021 (arXiv 2106.04803); seed 003 (CN117377983A). Where the paper leaves a detail open,
+NeurIPS 2021 (arXiv 2106.04803); CN117377983A. Where the paper leaves a detail open,
 the authors' MaxViT code (google-research/maxvit, `maxvit/models/maxvit.py`) and timm's
 paper-faithful port (`timm/models/maxxvit.py`, `coatnet_0..4`) decide; each such choice says so.
 
@@ -43,7 +43,7 @@ new_s})); evaluate with `train=False` (running averages, nothing mutable). Under
 batch sharded over devices the batch mean / variance are global (GSPMD); set `bn_axis_name` only
 inside `shard_map` / `pmap`.
 
-Parameter tree::
+Parameter tree:
 
     stem/{conv1/kernel (3, 3, C, D0), norm1/{scale, bias}, conv2/kernel (3, 3, D0, D0)}
     stage{s}/block{j}/...                 s = 1..4, j = 0..L_s-1
@@ -58,6 +58,7 @@ Parameter tree::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
@@ -69,15 +70,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitx.models import layers, resize
-from vitx.models.resnet import adapt_head
-from vitx.utils import checkpoints, pair, tree
+from vitx.models import layers, resize, surgery
+from vitx.models.relative import RelativeAttention, resize_rel_table
+from vitx.utils import checkpoints, tree
 
 Array = jax.Array
 Params = dict[str, Any]
 logger = logging.getLogger(__name__)
-
-REL_POS_MODES = ("pre_softmax", "post_softmax")
 
 # name: (stem width D0, widths D1..D4, blocks L1..L4, representation_size). Paper Table 3.
 VARIANTS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], int | None]] = {
@@ -112,120 +111,59 @@ def decode_variant(variant: str | None) -> dict[str, Any]:
     return dict(stem_width=stem, widths=widths, blocks=blocks, representation_size=rep)
 
 
-# ------------------------------------------------------------------------------------------------
-# Relative attention.
+@dataclasses.dataclass(frozen=True)
+class CoAtNetCfg:
+    """The stage layout of a CoAtNet (`config.model`), checked once before any compile.
 
-
-def relative_index(grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Row / column indices into the (2H-1, 2W-1) table for every (query, key) pair.
-
-    Shapes: two int32 arrays (N, N), N = H * W in raster order, with
-    rows[i, j] = r_i - r_j + H - 1 and cols[i, j] = c_i - c_j + W - 1 (CoAtNet Sec. 2.1:
-    the kernel depends only on the offset i - j). Host constants.
-    """
-    h, w = pair(tuple(grid), "grid")
-    r, c = np.divmod(np.arange(h * w), w)
-    return ((r[:, None] - r[None, :] + h - 1).astype(np.int32),
-            (c[:, None] - c[None, :] + w - 1).astype(np.int32))
-
-
-def relative_bias(table: Array, grid: Sequence[int]) -> Array:
-    """The bias matrix of a relative table: (heads, 2H-1, 2W-1) -> (heads, N, N), N = H * W.
-
-    bias[h, i, j] = table[h, r_i - r_j + H - 1, c_i - c_j + W - 1] (a gather; MaxViT does the
-    same lookup with one-hot einsums, `reindex_2d_einsum_lookup`).
+    Fields (paper Sec. 2.2 and Table 3; one entry per stage S1..S4): `widths` (D1..D4),
+    `blocks` (L1..L4, each >= 1), `layout` (one "C" (MBConv) or "T" (relative-attention
+    Transformer) per stage, convolutions first: "CCTT" default, "CCCT", "CTTT", "CCCC"),
+    `stage_strides` (each 1 or 2; 2 halves the resolution in the stage's first block). The
+    defaults are CoAtNet-0's. `from_config` expands `model.variant` (default "coatnet-0"); keys
+    set in `config.model` win. In the style of timm's `MaxxVitCfg`.
 
     Raises:
-      ValueError: the table does not have shape (heads, 2H-1, 2W-1) for `grid`.
-    """
-    h, w = pair(tuple(grid), "grid")
-    if table.ndim != 3 or tuple(table.shape[1:]) != (2 * h - 1, 2 * w - 1):
-        raise ValueError(f"relative table of shape {tuple(table.shape)} does not fit the "
-                         f"{h}x{w} token grid (needs (heads, {2 * h - 1}, {2 * w - 1})); "
-                         f"fine-tuning at another resolution: load the checkpoint with "
-                         f"coatnet.load / adapt_params, which resizes the table")
-    rows, cols = relative_index((h, w))
-    return table[:, rows, cols]
-
-
-def resize_rel_table(table: Any, new_hw: int | Sequence[int], *,
-                     method: str = "bilinear") -> Any:
-    """Resize a relative-position table to a new token grid (fine-tuning at another resolution).
-
-    Shapes: (heads, 2H-1, 2W-1) -> (heads, 2H'-1, 2W'-1) for `new_hw` = (H', W') (the new token
-    grid of the stage). The table is interpolated per head as an image (2H-1, 2W-1) with
-    `vitx.models.resize.resize_posemb` (viewed as its (1, N, D) format: N = (2H-1)(2W-1)
-    positions, D = heads channels); the centre (offset 0) stays at the centre. Returns `table`
-    itself when the size is unchanged. Dtype preserved.
-
-    Source: CoAtNet fine-tuning at 384 px (paper Sec. 4.1; MaxViT code: bilinear resize of the
-    relative table per head); ViT Sec. 3.2 (2D interpolation of position embeddings).
-
-    Raises:
-      ValueError: `table` not 3-D with odd sides; `new_hw` not a positive int / pair; an
-        unknown `method`.
-    """
-    nh, nw = pair(new_hw, "new_hw")
-    if np.ndim(table) != 3 or table.shape[1] % 2 == 0 or table.shape[2] % 2 == 0:
-        raise ValueError(f"relative table of shape {tuple(np.shape(table))} is not (heads, 2H-1, "
-                         f"2W-1); pass a CoAtNet attention/rel_table")
-    heads, a, b = table.shape
-    new = (2 * nh - 1, 2 * nw - 1)
-    if (a, b) == new:
-        return table
-    pe = jnp.reshape(jnp.transpose(jnp.asarray(table), (1, 2, 0)), (1, a * b, heads))
-    pe = resize.resize_posemb(pe, (a, b), new, method=method)
-    return jnp.transpose(jnp.reshape(pe, (*new, heads)), (2, 0, 1))
-
-
-class RelativeAttention(nn.Module):
-    """Multi-head self-attention with a learned 2D relative bias. (B, N, Din) -> (B, N, D).
-
-    Params: `qkv` Dense (Din, 3 D) (q, k, v each split into D / head_size heads), `rel_table`
-    (heads, 2H-1, 2W-1) (normal 0.02, as MaxViT), `proj` Dense (D, D). Logits
-    q k^T / sqrt(head_size) + bias ("pre_softmax") or softmax(q k^T / sqrt(d)) + bias
-    ("post_softmax"); softmax in float32 (as MaxViT's `float32_softmax`).
-
-    Source: CoAtNet Sec. 2.1, eqs. 1-3.
-
-    Raises:
-      ValueError: D not divisible by head_size; unknown rel_pos_mode; N != H * W of `grid`.
+      ValueError: lists of different lengths (or none), a layout that is not convolution stages
+        followed by attention stages, a block count < 1 or a stride other than 1 / 2; naming
+        the `model.` keys and the fix.
     """
 
-    features: int
-    head_size: int = 32
-    rel_pos_mode: str = "pre_softmax"
-    dtype: Any = jnp.float32
+    widths: tuple[int, ...] = (96, 192, 384, 768)
+    blocks: tuple[int, ...] = (2, 3, 5, 2)
+    layout: str = "CCTT"
+    stage_strides: tuple[int, ...] = (2, 2, 2, 2)
 
-    @nn.compact
-    def __call__(self, x: Array, grid: tuple[int, int]) -> Array:
-        if self.features % self.head_size:
-            raise ValueError(f"attention width {self.features} is not a multiple of "
-                             f"model.head_size={self.head_size}; choose widths divisible by it")
-        if self.rel_pos_mode not in REL_POS_MODES:
-            raise ValueError(f"model.rel_pos_mode={self.rel_pos_mode!r} is unknown; use one of "
-                             f"{REL_POS_MODES}")
-        b, n, _ = x.shape
-        h, w = grid
-        if n != h * w:
-            raise ValueError(f"{n} tokens do not form the {h}x{w} grid passed to the attention")
-        heads = self.features // self.head_size
-        dense = functools.partial(nn.Dense, dtype=self.dtype,
-                                  kernel_init=nn.initializers.xavier_uniform())
-        qkv = dense(3 * self.features, name="qkv")(x)
-        q, k, v = jnp.split(jnp.reshape(qkv, (b, n, 3, heads, self.head_size)), 3, axis=2)
-        q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # (B, N, heads, d)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-        logits = logits / np.sqrt(self.head_size).astype(np.float32)
-        table = self.param("rel_table", nn.initializers.normal(stddev=0.02),
-                           (heads, 2 * h - 1, 2 * w - 1), jnp.float32)
-        bias = relative_bias(table, (h, w))[None]  # (1, heads, N, N)
-        if self.rel_pos_mode == "pre_softmax":
-            attn = jax.nn.softmax(logits + bias, axis=-1)
-        else:
-            attn = jax.nn.softmax(logits, axis=-1) + bias
-        y = jnp.einsum("bhqk,bkhd->bqhd", attn.astype(v.dtype), v)
-        return dense(self.features, name="proj")(jnp.reshape(y, (b, n, self.features)))
+    def __post_init__(self) -> None:
+        for key in ("widths", "blocks", "stage_strides"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+        widths, blocks, layout, strides = self.widths, self.blocks, self.layout, self.stage_strides
+        n = len(widths)
+        if not (len(blocks) == len(layout) == len(strides) == n) or n == 0:
+            raise ValueError(f"model.widths={widths}, model.blocks={blocks}, model.layout="
+                             f"{layout!r} and model.stage_strides={strides} must have one "
+                             f"entry per stage; make their lengths equal")
+        if not re.fullmatch(r"C+T*", layout):
+            raise ValueError(f"model.layout={layout!r} is not convolution stages followed by "
+                             f"attention stages; use e.g. 'CCTT' (default), 'CCCT' or 'CTTT'")
+        if any(int(b) < 1 for b in blocks) or any(s not in (1, 2) for s in strides):
+            raise ValueError(f"model.blocks={blocks} must be >= 1 and model.stage_strides="
+                             f"{strides} each 1 or 2")
+
+    @classmethod
+    def from_config(cls, model_cfg: Mapping[str, Any]) -> CoAtNetCfg:
+        """The schema of `config.model` (a mapping; `variant` and explicit keys).
+
+        Raises:
+          ValueError: an unknown `model.variant` (`decode_variant`), or see the class.
+        """
+        args = {**decode_variant(model_cfg.get("variant", "coatnet-0")),
+                **{k: model_cfg[k] for k in model_cfg.keys()}}
+        return cls(**{f.name: args[f.name] for f in dataclasses.fields(cls) if f.name in args})
+
+    @property
+    def stride(self) -> int:
+        """Total stride: 2 (stem) * prod(stage_strides), 32 by default."""
+        return 2 * int(np.prod(self.stage_strides))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,31 +172,6 @@ class RelativeAttention(nn.Module):
 
 def _avg_pool(x: Array, stride: int) -> Array:
     return x if stride == 1 else nn.avg_pool(x, (stride, stride), (stride, stride), "VALID")
-
-
-def _drop_path(x: Array, rate: float, train: bool) -> Array:
-    """Stochastic depth: drop the residual branch per example, scaled by 1 / (1 - rate) (Huang
-    et al., ECCV 2016). Call from a compact method (the Dropout joins the calling module)."""
-    if rate <= 0.0 or not train:
-        return x
-    return nn.Dropout(rate, broadcast_dims=tuple(range(1, x.ndim)))(x, deterministic=False)
-
-
-class SqueezeExcite(nn.Module):
-    """x * sigmoid(W2 silu(W1 mean_hw(x))). (B, H, W, C) -> (B, H, W, C).
-
-    Source: Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018; MaxViT `SE` (SiLU inside).
-    """
-
-    reduced: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = nn.silu(nn.Dense(self.reduced, dtype=self.dtype, name="reduce")(s))
-        s = nn.Dense(x.shape[-1], dtype=self.dtype, name="expand")(s)
-        return x * nn.sigmoid(s)
 
 
 class MBConvBlock(nn.Module):
@@ -292,9 +205,10 @@ class MBConvBlock(nn.Module):
                     feature_group_count=mid, use_bias=False, dtype=self.dtype,
                     kernel_init=_DW_INIT, name="depthwise_conv")(y)
         y = nn.gelu(bn(name="depthwise_norm")(y))
-        y = SqueezeExcite(max(1, int(self.features * self.se_ratio)), self.dtype, name="se")(y)
+        se_width = max(1, int(self.features * self.se_ratio))
+        y = layers.SqueezeExcite(se_width, self.dtype, name="se")(y)
         y = conv(self.features, (1, 1), name="shrink_conv")(y)
-        return shortcut + _drop_path(y, self.drop_path, train)
+        return shortcut + layers.drop_path(y, self.drop_path, train)
 
 
 class TransformerBlock(nn.Module):
@@ -320,12 +234,12 @@ class TransformerBlock(nn.Module):
         b, h, w, c = y.shape
         y = RelativeAttention(self.features, self.head_size, self.rel_pos_mode, self.dtype,
                               name="attention")(jnp.reshape(y, (b, h * w, c)), (h, w))
-        x = shortcut + _drop_path(jnp.reshape(y, (b, h, w, self.features)), self.drop_path,
-                                  train)
+        x = shortcut + layers.drop_path(jnp.reshape(y, (b, h, w, self.features)),
+                                        self.drop_path, train)
         y = nn.LayerNorm(name="mlp_norm")(x)
         y = layers.MlpBlock(mlp_dim=self.mlp_ratio * self.features, dtype_mm=self.dtype,
                             name="mlp")(y, train=train)
-        return x + _drop_path(y, self.drop_path, train)
+        return x + layers.drop_path(y, self.drop_path, train)
 
 
 class _Stage(nn.Module):
@@ -370,16 +284,17 @@ class _CoAtNet(nn.Module):
     Source: CoAtNet, NeurIPS 2021, Sec. 2.2; Sec. 4.1, Table 3.
 
     Raises:
-      ValueError: inconsistent stage lists, a bad layout, H or W not divisible by the total
-        stride (`input_stride`), widths not divisible by head_size; naming the config key.
+      ValueError: inconsistent stage lists or a bad layout (`CoAtNetCfg`), H or W not
+        divisible by the total stride (`input_stride`), widths not divisible by head_size;
+        naming the config key.
     """
 
     num_classes: int | None = 1000
     stem_width: int = 64
-    widths: Sequence[int] = (96, 192, 384, 768)
-    blocks: Sequence[int] = (2, 3, 5, 2)
-    layout: str = "CCTT"
-    stage_strides: Sequence[int] = (2, 2, 2, 2)
+    widths: Sequence[int] = CoAtNetCfg.widths
+    blocks: Sequence[int] = CoAtNetCfg.blocks
+    layout: str = CoAtNetCfg.layout
+    stage_strides: Sequence[int] = CoAtNetCfg.stage_strides
     head_size: int = 32
     expansion: int = 4
     se_ratio: float = 0.25
@@ -395,7 +310,7 @@ class _CoAtNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
-        _check_config(self.widths, self.blocks, self.layout, self.stage_strides)
+        CoAtNetCfg(self.widths, self.blocks, self.layout, self.stage_strides)  # checks
         sh, sw = input_stride(self)
         h, w = x.shape[1:3]
         if h % sh or w % sw:
@@ -450,22 +365,6 @@ class _Stem(nn.Module):
         return conv(name="conv2")(nn.gelu(x))
 
 
-def _check_config(widths: Sequence[int], blocks: Sequence[int], layout: str,
-                  stage_strides: Sequence[int]) -> None:
-    n = len(widths)
-    if not (len(blocks) == len(layout) == len(stage_strides) == n) or n == 0:
-        raise ValueError(f"model.widths={tuple(widths)}, model.blocks={tuple(blocks)}, "
-                         f"model.layout={layout!r} and model.stage_strides="
-                         f"{tuple(stage_strides)} must have one entry per stage; make their "
-                         f"lengths equal")
-    if not re.fullmatch(r"C+T*", layout):
-        raise ValueError(f"model.layout={layout!r} is not convolution stages followed by "
-                         f"attention stages; use e.g. 'CCTT' (default), 'CCCT' or 'CTTT'")
-    if any(int(b) < 1 for b in blocks) or any(s not in (1, 2) for s in stage_strides):
-        raise ValueError(f"model.blocks={tuple(blocks)} must be >= 1 and model.stage_strides="
-                         f"{tuple(stage_strides)} each 1 or 2")
-
-
 def Model(num_classes: int | None = 1000, *, variant: str | None = "coatnet-0",  # noqa: N802
           **kw: Any) -> nn.Module:
     """CoAtNet, e.g. `Model(1000, variant="coatnet-0")` (25.04M params at 224 px); `variant`
@@ -485,17 +384,14 @@ def input_stride(model: nn.Module) -> tuple[int, int]:
 
 
 def check_input(model_cfg: Mapping[str, Any], shape: Sequence[int]) -> None:
-    """Check `config.model` and the image size (H, W, C) before any compile.
+    """Check `config.model` (`CoAtNetCfg`) and the image size (H, W, C) before any compile.
 
     Raises:
-      ValueError: see `_CoAtNet` (naming model.variant / model.stage_strides and the fix).
+      ValueError: see `CoAtNetCfg`; the total stride does not divide H or W (naming
+        model.stage_strides and the fix).
     """
-    args = {**decode_variant(model_cfg.get("variant", "coatnet-0")),
-            **{k: model_cfg[k] for k in model_cfg.keys()}}
-    strides = tuple(args.get("stage_strides", _CoAtNet.stage_strides))
-    _check_config(tuple(args.get("widths", _CoAtNet.widths)),
-                  tuple(args.get("blocks", _CoAtNet.blocks)), args.get("layout", "CCTT"), strides)
-    s = 2 * int(np.prod(strides))
+    cfg = CoAtNetCfg.from_config(model_cfg)
+    s, strides = cfg.stride, cfg.stage_strides
     h, w = shape[:2]
     if h % s or w % s:
         raise ValueError(f"CoAtNet's total stride {s} (model.stage_strides={strides}) does not "
@@ -512,7 +408,7 @@ def adapt_params(init_params: Mapping[str, Any], loaded: Mapping[str, Any], *,
     """Fine-tune surgery on checkpoint params `loaded`, strictly merged into `init_params`.
 
     * `pre_logits` / `head` dropped when the model has none; the head re-initialised to zeros
-      when its shape differs (`resnet.adapt_head`).
+      when its shape differs (`surgery.adapt_head`).
     * every `.../attention/rel_table` (heads, 2H-1, 2W-1) of another size is resized to the
       model's grid with `resize_rel_table` (`rel_table_method`: "bilinear", "bicubic",
       "nearest").
@@ -527,7 +423,7 @@ def adapt_params(init_params: Mapping[str, Any], loaded: Mapping[str, Any], *,
       ValueError: one error listing every param that cannot be loaded; an unknown method.
     """
     resize.check_method(rel_table_method)
-    loaded = adapt_head(init_params, loaded, who="coatnet.load")
+    loaded = surgery.adapt_head(init_params, loaded, who="coatnet.load")
 
     def adapter(name: str, value: Any, ref: Any) -> Any:
         shape, ref_shape = tuple(np.shape(value)), tuple(np.shape(ref))

@@ -1,7 +1,7 @@
 """FlexiViT: one ViT for all patch sizes.
 
-Source: Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023, Sec. 3 (seed 001,
-CN117556885A). The model is a plain ViT (`vitx.models.vit`) whose patch-embedding kernel and
+Source: Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023, Sec. 3 (CN117556885A).
+The model is a plain ViT (`vitx.models.vit`) whose patch-embedding kernel and
 learned position embedding are stored once, at a fixed "base" shape, and resized on the fly to
 the patch size of the current call:
 
@@ -19,7 +19,7 @@ program (big_vision passes the grid as a static argument in the same way). Under
 `jax.jit(model.apply, static_argnames=("patch_size", "train"))` each size compiles once and is
 reused after that.
 
-Parameter tree: identical names to `vitx.models.vit` (so checkpoints move between the two)::
+Parameter tree: identical names to `vitx.models.vit` (so checkpoints move between the two):
 
     embedding/{kernel (P0h, P0w, C, D), bias (D,)}   # P0 = base_patch_size
     cls (1, 1, D)                                   # pool_type == "tok" only
@@ -176,11 +176,12 @@ load = vit.load
 
 
 def check_input(model_cfg: Any, shape: Any) -> None:
-    """The encoder's settings (`vit.check_encoder`); the patch sizes are checked against the
-    image by the FlexiViT plugin (`vitx.train.flexi`), per size, before training starts.
+    """The encoder's settings (`vit.ViTCfg`, without the patch size); the patch sizes are
+    checked against the image by the FlexiViT plugin (`vitx.train.flexi`), per size, before
+    training starts.
 
     Raises:
-      ValueError: see `vit.check_encoder`.
+      ValueError: see `vit.ViTCfg`.
     """
     del shape
-    vit.check_encoder(model_cfg)
+    vit.ViTCfg.from_config(model_cfg, patch=False)

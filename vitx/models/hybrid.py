@@ -2,7 +2,7 @@
 
 Source: Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021, Sec. 3.1 "Hybrid
 Architecture" (the input sequence is formed from a CNN feature map; patches may have spatial
-size 1x1); seed 000 (JP7536893B2), "hybrid stem".
+size 1x1); JP7536893B2, "hybrid stem".
 Structure and parameter names: google-research/vision_transformer, `vit_jax/models_vit.py`
 (`VisionTransformer` with `resnet`) and `vit_jax/configs/models.py` (`R50+ViT-B_16`: R50 with
 stages (3, 4, 9) and 1x1 patches; `R26+ViT-S_32` / `R26+ViT-B_32`: (2, 2, 2, 2); `R50+ViT-L_32`:
@@ -10,7 +10,7 @@ stages (3, 4, 9) and 1x1 patches; `R26+ViT-S_32` / `R26+ViT-B_32`: (2, 2, 2, 2);
 
 The ResNet is vit_jax's (post-norm GroupNorm bottleneck units, weight-standardised convs; see
 `vitx.models.resnet`, `unit="post"`), built by `resnet.bit_features` *at the top level* of the
-param tree as vit_jax does, so a vit_jax hybrid .npz loads by name::
+param tree as vit_jax does, so a vit_jax hybrid .npz loads by name:
 
     conv_root/kernel (7, 7, C, w), gn_root/{scale, bias}       w = int(64 * resnet_width)
     block{s}/unit{u}/{conv1, gn1, conv2, gn2, conv3, gn3, conv_proj, gn_proj}/...
@@ -26,6 +26,7 @@ x0.25) and vit_jax's spelling "R50+ViT-B_16".
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -77,6 +78,42 @@ def decode_variant(variant: str | None) -> dict[str, Any]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class HybridCfg:
+    """The stem layout of a hybrid ViT (`config.model`), parsed once before any compile.
+
+    Fields: `variant` (`model.variant` as configured, for messages), `resnet_blocks` (units per
+    ResNet stage; () = root only; default R50's (3, 4, 9) at /16), `patch_size` ((ph, pw) on the
+    ResNet feature map, default 1x1). `from_config` expands `model.variant` ("R50+B/16"); keys
+    set in `config.model` win. In the style of timm's `MaxxVitCfg`.
+
+    Source: ViT paper Sec. 3.1 "Hybrid Architecture"; vit_jax `configs/models.py`.
+
+    Raises:
+      ValueError: `patch_size` not a positive int / pair (naming model.patch_size).
+    """
+
+    variant: str | None = None
+    resnet_blocks: tuple[int, ...] = (3, 4, 9)
+    patch_size: tuple[int, int] = (1, 1)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resnet_blocks", tuple(self.resnet_blocks))
+        object.__setattr__(self, "patch_size", pair(self.patch_size, "model.patch_size"))
+
+    @classmethod
+    def from_config(cls, model_cfg: Mapping[str, Any]) -> HybridCfg:
+        """The schema of `config.model` (a mapping; `variant` and explicit keys).
+
+        Raises:
+          ValueError: an unknown `model.variant` (`decode_variant`), or see the class.
+        """
+        keys = ("resnet_blocks", "patch_size")
+        variant = model_cfg.get("variant")
+        args = {**decode_variant(variant), **{k: model_cfg[k] for k in keys if k in model_cfg}}
+        return cls(variant=variant, **{k: args[k] for k in keys if k in args})
+
+
 class _HybridViT(vit.VisionTransformer):
     """Hybrid ViT. Images (B, H, W, C) in [-1, 1] -> (logits (B, num_classes), aux dict).
 
@@ -93,8 +130,8 @@ class _HybridViT(vit.VisionTransformer):
         ResNet config errors of `resnet.bit_features`; the ViT's errors.
     """
 
-    patch_size: Sequence[int] = (1, 1)
-    resnet_blocks: Sequence[int] = (3, 4, 9)
+    patch_size: Sequence[int] = HybridCfg.patch_size
+    resnet_blocks: Sequence[int] = HybridCfg.resnet_blocks
     resnet_width: float = 1.0
     gn_groups: int = 32
 
@@ -134,23 +171,23 @@ def input_stride(model: nn.Module) -> tuple[int, int]:
 
 
 def check_input(model_cfg: Mapping[str, Any], shape: Sequence[int]) -> None:
-    """Check, before any compile, that the effective patch divides the image (H, W, C).
+    """Check, before any compile, that the effective patch (ResNet stem stride x patch size of
+    `HybridCfg`) divides the image (H, W, C).
 
     `model_cfg` is `config.model` (`variant` and/or `resnet_blocks`, `patch_size`).
 
     Raises:
-      ValueError: naming model.variant / model.patch_size, the image size and the stride.
+      ValueError: naming model.variant / model.patch_size, the image size and the stride; or
+        see `HybridCfg`.
     """
-    args = {**decode_variant(model_cfg.get("variant")),
-            **{k: model_cfg[k] for k in ("resnet_blocks", "patch_size") if k in model_cfg}}
-    s = resnet.stem_stride(tuple(args.get("resnet_blocks", (3, 4, 9))))
-    ph, pw = pair(args.get("patch_size", 1), "model.patch_size")
+    cfg = HybridCfg.from_config(model_cfg)
+    s, (ph, pw) = resnet.stem_stride(cfg.resnet_blocks), cfg.patch_size
     h, w = shape[:2]
     if h % (s * ph) or w % (s * pw):
         raise ValueError(f"the hybrid's effective patch {s * ph}x{s * pw} (ResNet stride {s} x "
-                         f"model.patch_size={ph}x{pw}; model.variant="
-                         f"{model_cfg.get('variant')!r}) does not divide the image size {h}x{w} "
-                         f"made by input.pp; resize to a multiple of it or change the variant")
+                         f"model.patch_size={ph}x{pw}; model.variant={cfg.variant!r}) does not "
+                         f"divide the image size {h}x{w} made by input.pp; resize to a multiple "
+                         f"of it or change the variant")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Shared transformer pieces: MLP block, pre-LN encoder block, encoder, MAP head, posemb.
+"""Shared model pieces: MLP block, pre-LN encoder block, encoder, MAP head, posemb; stochastic
+depth (`drop_path`) and squeeze-excitation (`SqueezeExcite`) for residual models (CoAtNet).
 
 Parameter names follow big_vision's ViT (`Transformer/encoderblock_{i}/MlpBlock_0/Dense_0/kernel`,
 ...) so checkpoints map to and from big_vision and vit_jax with renames only
@@ -6,11 +7,14 @@ Parameter names follow big_vision's ViT (`Transformer/encoderblock_{i}/MlpBlock_
 
 Sources: Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021, Sec. 3.1, eqs. 1-4
 (pre-LN encoder, GELU MLP); Zhai et al., "Scaling Vision Transformers", CVPR 2022, Sec. 3.2
-(MAP head); Beyer et al., "Better plain ViT baselines for ImageNet-1k", 2022 (sincos2d posemb).
+(MAP head); Beyer et al., "Better plain ViT baselines for ImageNet-1k", 2022 (sincos2d posemb);
+Huang et al., ECCV 2016 (stochastic depth; `drop_path` for residual models, and the encoder's
+per-block `drop_path` rates, `drop_path_rates`); Hu et al., CVPR 2018 (squeeze-excitation).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -123,15 +127,18 @@ def attention_fn(impl: str = "auto"):
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"model.attention_impl={impl!r} is unknown; use one of {ATTENTION_IMPLS}")
 
+    # flax's MultiHeadDotProductAttention passes only the keywords named in this signature.
     def fn(query: Array, key: Array, value: Array, bias: Array | None = None,
-           mask: Array | None = None, dropout_rate: float = 0.0, deterministic: bool = True,
-           dtype: Dtype | None = None, **kw: Any) -> Array:
+           mask: Array | None = None, dropout_rng: Array | None = None,
+           dropout_rate: float = 0.0, broadcast_dropout: bool = True,
+           deterministic: bool = True, dtype: Dtype | None = None, **kw: Any) -> Array:
         chosen = impl
         if chosen == "auto":
             chosen = "jax" if jax.default_backend() == "gpu" else "bhnd"
         if chosen == "einsum" or (dropout_rate > 0.0 and not deterministic):
             return nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
-                                            dropout_rate=dropout_rate,
+                                            dropout_rng=dropout_rng, dropout_rate=dropout_rate,
+                                            broadcast_dropout=broadcast_dropout,
                                             deterministic=deterministic, dtype=dtype, **kw)
         if chosen == "jax":
             return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
@@ -187,10 +194,41 @@ class MlpBlock(nn.Module):
         return nn.Dense(d, dtype=self.dtype_mm, **inits)(x)
 
 
+def drop_path_rates(rate: float | Sequence[float], depth: int) -> tuple[float, ...]:
+    """Per-block stochastic-depth rates of a `depth`-block stack: block i of L gets
+    `rate * i / max(L - 1, 1)` (0 for the first block, `rate` for the last); a sequence of
+    `depth` rates is returned as it is (e.g. a slice of a deeper stack's rates).
+
+    Source: Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016, Sec. 3 (linear
+    decay rule); timm's `drop_path_rate` (`torch.linspace(0, rate, depth)`).
+
+    Raises:
+      ValueError: a rate outside [0, 1), or a sequence whose length is not `depth`.
+    """
+    if isinstance(rate, int | float):
+        rates = tuple(float(rate) * i / max(depth - 1, 1) for i in range(depth))
+    else:
+        rates = tuple(float(r) for r in rate)
+        if len(rates) != depth:
+            raise ValueError(f"model.drop_path: {len(rates)} per-block rates for {depth} blocks; "
+                             f"give one rate (linear in depth) or {depth}")
+    if any(not 0.0 <= r < 1.0 for r in rates):
+        raise ValueError(f"model.drop_path={rate!r} must be in [0, 1) (the last block's rate)")
+    return rates
+
+
 class Encoder1DBlock(nn.Module):
     """Pre-LN block: x + MHSA(LN(x)), then + MLP(LN(x)). Input/output (B, N, D).
 
-    Source: ViT paper Sec. 3.1, eqs. 2-3.
+    `drop_path`: this block's stochastic-depth rate; in training each residual branch is
+    dropped per example with that probability and kept ones are scaled by 1 / (1 - rate)
+    (rng stream "dropout"). `__call__`'s `drop_path_rate` (a float32 scalar; the per-layer
+    scanned input of `Encoder(scan=True)`) overrides it. `attention_dropout`: dropout on the
+    attention weights. Both are off when `deterministic` (eval); at 0 the block is the plain
+    one (same params, same outputs, no rng drawn).
+
+    Sources: ViT paper Sec. 3.1, eqs. 2-3; Huang et al., ECCV 2016, Sec. 3 (stochastic depth);
+    Vaswani et al. 2017, Sec. 5.4 (dropout).
     """
 
     mlp_dim: int | None = None
@@ -198,30 +236,50 @@ class Encoder1DBlock(nn.Module):
     dropout: float = 0.0
     dtype_mm: Dtype = jnp.float32
     attention_impl: str = "auto"
+    drop_path: float = 0.0
+    attention_dropout: float = 0.0
+
+    def _drop_branch(self, y: Array, rate: float | Array, deterministic: bool) -> Array:
+        """y (B, ...) with each example zeroed w.p. `rate`, else scaled by 1 / (1 - rate)."""
+        if deterministic or (isinstance(rate, int | float) and rate <= 0.0):
+            return y
+        keep = 1.0 - jnp.asarray(rate, jnp.float32)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep,
+                                    (y.shape[0],) + (1,) * (y.ndim - 1))
+        return jnp.where(mask, (y / keep).astype(y.dtype), jnp.zeros_like(y))
 
     @nn.compact
-    def __call__(self, x: Array, deterministic: bool = True) -> tuple[Array, Array]:
+    def __call__(self, x: Array, deterministic: bool = True,
+                 drop_path_rate: Array | None = None) -> tuple[Array, Array]:
+        rate = self.drop_path if drop_path_rate is None else drop_path_rate
+        self.sow("intermediates", "drop_path_rate", jnp.asarray(rate, jnp.float32))
         y = nn.LayerNorm()(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(),
-            deterministic=deterministic, dtype=self.dtype_mm,
+            deterministic=deterministic, dtype=self.dtype_mm, dropout_rate=self.attention_dropout,
             attention_fn=attention_fn(self.attention_impl))(y, y)
         y = nn.Dropout(rate=self.dropout)(y, deterministic)
-        x = x + y
+        x = x + self._drop_branch(y, rate, deterministic)
         y = nn.LayerNorm()(x)
         y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout, dtype_mm=self.dtype_mm)(
             y, train=not deterministic)
         y = nn.Dropout(rate=self.dropout)(y, deterministic)
-        x = x + y
+        x = x + self._drop_branch(y, rate, deterministic)
         return x, None  # (carry, per-layer output) so the block can be nn.scan'ed
 
 
 class Encoder(nn.Module):
-    """Stack of `depth` encoder blocks plus the final LayerNorm (`encoder_norm`).
+    """Stack of `depth` encoder blocks plus the final LayerNorm (`encoder_norm`, left out with
+    `final_norm=False`, e.g. for PolyViT's modality-specific layers).
 
     With `scan=True` the blocks are one `nn.scan` (params stacked on a leading `depth` axis, named
     `encoderblock`); with `remat_policy` set, each block is rematerialised (`nn.remat`).
     Input/output (B, N, D).
+
+    Regularisation (train only; 0 = off, the plain encoder): `drop_path`, stochastic depth of
+    rate linear in depth (`drop_path_rates`: block i gets `drop_path * i / max(depth - 1, 1)`;
+    or a tuple of `depth` per-block rates), the same per layer with `scan=True` (a scanned
+    input); `attention_dropout` on the attention weights.
     """
 
     depth: int
@@ -232,11 +290,16 @@ class Encoder(nn.Module):
     remat_policy: str | None = None
     dtype_mm: Dtype = jnp.float32
     attention_impl: str = "auto"
+    final_norm: bool = True
+    drop_path: float | tuple[float, ...] = 0.0
+    attention_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
-                        dtype_mm=self.dtype_mm, attention_impl=self.attention_impl)
+                        dtype_mm=self.dtype_mm, attention_impl=self.attention_impl,
+                        attention_dropout=self.attention_dropout)
+        rates = drop_path_rates(self.drop_path, self.depth)
         block = Encoder1DBlock
         if self.remat_policy is not None:
             if self.remat_policy not in REMAT_POLICIES:
@@ -245,14 +308,17 @@ class Encoder(nn.Module):
             block = nn.remat(block, prevent_cse=not self.scan, static_argnums=(2,),
                              policy=REMAT_POLICIES[self.remat_policy])
         if self.scan:
-            x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
-                                                                           "dropout": True},
-                           in_axes=nn.broadcast, length=self.depth)(
-                name="encoderblock", **block_kw)(x, not train)
+            # Per-layer rates as a scanned input (only when on: the plain scan stays as it was).
+            extra = (jnp.asarray(rates, jnp.float32),) if any(rates) else ()
+            x, _ = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
+                           split_rngs={"params": True, "dropout": True},
+                           in_axes=(nn.broadcast, *(0,) * len(extra)), length=self.depth)(
+                name="encoderblock", **block_kw)(x, not train, *extra)
         else:
             for i in range(self.depth):
-                x, _ = block(name=f"encoderblock_{i}", **block_kw)(x, not train)
-        return nn.LayerNorm(name="encoder_norm")(x)
+                x, _ = block(name=f"encoderblock_{i}", drop_path=rates[i], **block_kw)(
+                    x, not train)
+        return nn.LayerNorm(name="encoder_norm")(x) if self.final_norm else x
 
 
 class MAPHead(nn.Module):
@@ -277,3 +343,38 @@ class MAPHead(nn.Module):
         y = nn.LayerNorm()(x)
         x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm)(y)
         return x[:, 0]
+
+
+def drop_path(x: Array, rate: float, train: bool) -> Array:
+    """Stochastic depth: drop a residual branch per example. (B, ...) -> (B, ...).
+
+    Each example's `x` is zeroed with probability `rate` and kept scaled by 1 / (1 - rate)
+    (`nn.Dropout` broadcast over every axis but the batch; rng stream "dropout"). Identity when
+    `rate <= 0` or not `train`. Call from a compact method: the Dropout joins the calling module
+    (no params).
+
+    Source: Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016, Sec. 3.
+    """
+    if rate <= 0.0 or not train:
+        return x
+    return nn.Dropout(rate, broadcast_dims=tuple(range(1, x.ndim)))(x, deterministic=False)
+
+
+class SqueezeExcite(nn.Module):
+    """x * sigmoid(W2 silu(W1 mean_hw(x))). (B, H, W, C) -> (B, H, W, C).
+
+    Params: `reduce` Dense (C, reduced), `expand` Dense (reduced, C), computed in `dtype`.
+
+    Source: Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018, Sec. 3; SiLU inside as
+    the MaxViT code's `SE` (Tu et al., "MaxViT: Multi-Axis Vision Transformer", ECCV 2022).
+    """
+
+    reduced: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = nn.silu(nn.Dense(self.reduced, dtype=self.dtype, name="reduce")(s))
+        s = nn.Dense(x.shape[-1], dtype=self.dtype, name="expand")(s)
+        return x * nn.sigmoid(s)

@@ -49,6 +49,11 @@ _image_resize = jax.jit(jax.image.resize, static_argnames=("shape", "method", "a
 
 
 def check_method(method: str) -> str:
+    """The `jax.image.resize` name of public resize `method` ("bilinear" -> "linear").
+
+    Raises:
+      ValueError: `method` is not one of `RESIZE_METHODS`.
+    """
     if method not in RESIZE_METHODS:
         raise ValueError(f"resize method={method!r} is unknown; use one of "
                          f"{list(RESIZE_METHODS)}")

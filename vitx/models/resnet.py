@@ -18,7 +18,7 @@ Sources:
 Both unit types share the root block (7x7 stride-2 weight-standardised conv, 3x3 stride-2 max
 pool), the stage layout (stage 1 stride 1, later stages stride 2; bottleneck width
 64 * width * 2**i, output 4x that), "SAME" padding everywhere (as vit_jax) and vit_jax's param
-names::
+names:
 
     conv_root/kernel (7, 7, C, w)              w = int(64 * width)
     gn_root/{scale, bias} (w,)                 # unit == "post" only
@@ -38,7 +38,6 @@ no `batch_stats`.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -48,11 +47,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitx.models import surgery
 from vitx.utils import checkpoints, tree
 
 Array = jax.Array
 Params = dict[str, Any]
-logger = logging.getLogger(__name__)
 
 #: depth -> bottleneck units per stage (BiT paper; R26 from timm, as big_vision `bit.py`).
 DEPTHS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -307,31 +306,6 @@ def check_input(model_cfg: Mapping[str, Any], shape: Sequence[int]) -> None:
 # Checkpoint surgery (this model's `load`).
 
 
-def adapt_head(init: Mapping[str, Any], loaded: Mapping[str, Any], *,
-               who: str = "load") -> Params:
-    """Head surgery shared by the conv models: a copy of `loaded` (top level) where
-    `pre_logits` / `head` are dropped when `init` has none, and the whole `head` is replaced
-    by zeros of init's shapes when any head/* shape differs (another number of classes).
-
-    Source: Dosovitskiy et al., ICLR 2021, Sec. 3.2 (remove the pre-trained head, attach a
-    zero-initialised D x K layer). Pure apart from logging.
-    """
-    loaded = dict(loaded)
-    for key in ("pre_logits", "head"):
-        if key in loaded and key not in init:
-            logger.info("%s: dropping checkpoint %s (the model has none)", who, key)
-            del loaded[key]
-    if isinstance(init.get("head"), Mapping) and isinstance(loaded.get("head"), Mapping):
-        ih, lh = tree.flat_leaves(init["head"]), tree.flat_leaves(loaded["head"])
-        if any(k in lh and tuple(np.shape(lh[k])) != tuple(np.shape(v)) for k, v in ih.items()):
-            logger.info("%s: head %s -> %s, re-initialised to zeros", who,
-                        {k: tuple(np.shape(v)) for k, v in lh.items()},
-                        {k: tuple(np.shape(v)) for k, v in ih.items()})
-            loaded["head"] = tree.unflatten({k: np.zeros(np.shape(v), np.asarray(v).dtype)
-                                             for k, v in ih.items()})
-    return loaded
-
-
 _GN_RE = re.compile(r"(.*/)?gn(\d+|_root|_proj|_pre_head)/(scale|bias)")
 
 
@@ -350,15 +324,15 @@ def adapt_params(init_params: Mapping[str, Any], loaded: Mapping[str, Any], *,
                  dont_load: Sequence[str] = ()) -> Params:
     """Fine-tune surgery on checkpoint params `loaded`, strictly merged into `init_params`.
 
-    `adapt_head` (drop / zero-reinit the head), GroupNorm params of shape (1, 1, 1, C) squeezed
-    to (C,); everything else must match (`vitx.utils.tree.merge_params`, `dont_load` regexes
-    fullmatch '/'-names). Shapes: the result has init's structure, shapes and dtypes. Pure.
+    `surgery.adapt_head` (drop / zero-reinit the head), GroupNorm params of shape (1, 1, 1, C)
+    squeezed to (C,); everything else must match (`vitx.utils.tree.merge_params`, `dont_load`
+    regexes fullmatch '/'-names). Shapes: the result has init's structure, shapes and dtypes. Pure.
 
     Raises:
       ValueError: one error listing every param that cannot be loaded (missing, unexpected or
         shape-mismatched); add them to model_load.dont_load or fix the model config.
     """
-    loaded = adapt_head(init_params, loaded, who="resnet.load")
+    loaded = surgery.adapt_head(init_params, loaded, who="resnet.load")
     return tree.merge_params(init_params, loaded, dont_load=dont_load, adapt=squeeze_groupnorm)
 
 

@@ -5,7 +5,7 @@ Scale", ICLR 2021, Sec. 3.1 (patch embedding, cls token, posemb, pre-LN encoder,
 (JP7536893B2). Pooling `map`: Zhai et al., CVPR 2022. Variants "mu".."G": big_vision's
 `decode_variant`; "pico"/"nano" are vitx's tiny widths for tests and small data.
 
-Parameter tree (big_vision layout)::
+Parameter tree (big_vision layout):
 
     embedding/{kernel (P, P, C, D), bias (D,)}
     cls (1, 1, D)                               # pool_type == "tok" only
@@ -19,6 +19,7 @@ Parameter tree (big_vision layout)::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitx.models import layers, resize
+from vitx.models import layers, resize, surgery
 from vitx.utils import checkpoints, npz, pair, tree
 
 Array = jax.Array
@@ -87,6 +88,13 @@ class VisionTransformer(nn.Module):
       attention_impl: "auto" (default: cuDNN-capable `jax.nn.dot_product_attention` on GPU,
         the (B, H, N, d) layout elsewhere), "bhnd", "jax" or "einsum" (flax's default).
 
+    Regularisation (train only; 0 = off, same params and outputs as without):
+      dropout: on the embeddings and after each attention / MLP branch (ViT Appendix B.1).
+      drop_path: stochastic depth, the last block's rate; block i of L drops each residual
+        branch per example with rate `drop_path * i / max(L - 1, 1)` (Huang et al. 2016,
+        Sec. 3; 0.1 in DeiT, Touvron et al. 2021, Table 9), also with `scan=True`.
+      attention_dropout: dropout on the attention weights.
+
     Raises:
       ValueError: H or W not divisible by the patch size; unknown posemb/pool_type.
     """
@@ -107,6 +115,8 @@ class VisionTransformer(nn.Module):
     dtype_mm: str = "float32"
     patch_embed: str = "matmul"
     attention_impl: str = "auto"
+    drop_path: float = 0.0
+    attention_dropout: float = 0.0
 
     def embed_patches(self, x: Array, **kw: Any) -> Array:
         """(B, H, W, C) -> (B, H/P, W/P, D) with a conv of kernel = stride = P (ViT eq. 1)."""
@@ -149,6 +159,7 @@ class VisionTransformer(nn.Module):
             depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
             dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
             dtype_mm=layers.dtype_of(self.dtype_mm), attention_impl=self.attention_impl,
+            drop_path=self.drop_path, attention_dropout=self.attention_dropout,
             name="Transformer")(x, train=train)
         out["encoded"] = x
         if self.pool_type == "tok":
@@ -184,46 +195,109 @@ def Model(num_classes: int | None = 1000, *, variant: str | None = None, **kw: A
     return make_model(VisionTransformer, num_classes, variant=variant, **kw)
 
 
-def check_encoder(model_cfg: Mapping[str, Any]) -> None:
-    """Check the encoder's settings in `config.model`: heads divide the width, a real dtype.
+def check_rate(value: Any, key: str) -> None:
+    """Raises a ValueError naming `key` unless `value` is None or a number in [0, 1)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or not 0.0 <= value < 1.0):
+        raise ValueError(f"{key}={value!r} must be a rate in [0, 1), e.g. 0.1; 0 turns it off")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTCfg:
+    """The ViT / FlexiViT settings of `config.model` that are checked before any compile.
+
+    Parsed once by `from_config` (`model.variant` expanded, e.g. "S/16" -> width 384, 6 heads,
+    patch (16, 16); keys set in `config.model` win), checked in `__post_init__`, in the style of
+    timm's `MaxxVitCfg`. A None field is not set: the model's default applies, and the model
+    checks it when it runs.
+
+    Fields:
+      variant: `model.variant` as configured (for messages).
+      width, num_heads: the encoder width D and its heads (D / num_heads = head size).
+      patch_size: (ph, pw), the patch size of the image tokens.
+      dtype_mm: the matmul compute dtype's name ("float32", "bfloat16").
+      patch_embed: one of `layers.PATCH_EMBED_IMPLS`.
+      attention_impl: one of `layers.ATTENTION_IMPLS`.
+      drop_path: stochastic-depth rate of the last encoder block, in [0, 1) (linear in depth,
+        `layers.drop_path_rates`).
+      attention_dropout: dropout rate on the attention weights, in [0, 1).
+
+    Source: Dosovitskiy et al., ICLR 2021, Sec. 3.1 (patches of P x P pixels, D-wide encoder
+    with multi-head attention); Huang et al., ECCV 2016, Sec. 3 (stochastic depth).
 
     Raises:
-      ValueError: naming `model.num_heads` / `model.dtype_mm` and the fix.
+      ValueError: num_heads does not divide width; dtype_mm is not a dtype; an unknown
+        patch_embed / attention_impl; patch_size not a positive int / pair; drop_path or
+        attention_dropout not a number in [0, 1); naming the `model.` key and the fix.
     """
-    args = {**decode_variant(model_cfg.get("variant")),
-            **{k: model_cfg[k] for k in ("width", "num_heads") if model_cfg.get(k) is not None}}
-    width, heads = args.get("width"), args.get("num_heads")
-    if isinstance(width, int) and isinstance(heads, int) and (heads < 1 or width % heads):
-        raise ValueError(f"model.num_heads={heads} does not divide model.width={width}; use one "
-                         f"of {[d for d in range(1, width + 1) if width % d == 0]}")
-    dtype = model_cfg.get("dtype_mm")
-    if isinstance(dtype, str):
-        try:
-            jnp.dtype(dtype)
-        except TypeError:
-            raise ValueError(f"model.dtype_mm={dtype!r} is not a dtype; use e.g. 'float32' or "
-                             f"'bfloat16'") from None
-    for key, known in (("patch_embed", layers.PATCH_EMBED_IMPLS),
-                       ("attention_impl", layers.ATTENTION_IMPLS)):
-        if key in model_cfg and model_cfg[key] not in known:
-            raise ValueError(f"model.{key}={model_cfg[key]!r} is unknown; use one of {known}")
+
+    variant: str | None = None
+    width: int | None = None
+    num_heads: int | None = None
+    patch_size: tuple[int, int] | None = None
+    dtype_mm: Any = None
+    patch_embed: str | None = None
+    attention_impl: str | None = None
+    drop_path: float | None = None
+    attention_dropout: float | None = None
+
+    def __post_init__(self) -> None:
+        width, heads = self.width, self.num_heads
+        if isinstance(width, int) and isinstance(heads, int) and (heads < 1 or width % heads):
+            raise ValueError(f"model.num_heads={heads} does not divide model.width={width}; use "
+                             f"one of {[d for d in range(1, width + 1) if width % d == 0]}")
+        if isinstance(self.dtype_mm, str):
+            try:
+                jnp.dtype(self.dtype_mm)
+            except TypeError:
+                raise ValueError(f"model.dtype_mm={self.dtype_mm!r} is not a dtype; use e.g. "
+                                 f"'float32' or 'bfloat16'") from None
+        for key, known in (("patch_embed", layers.PATCH_EMBED_IMPLS),
+                           ("attention_impl", layers.ATTENTION_IMPLS)):
+            value = getattr(self, key)
+            if value is not None and value not in known:
+                raise ValueError(f"model.{key}={value!r} is unknown; use one of {known}")
+        if self.patch_size is not None:
+            object.__setattr__(self, "patch_size", pair(self.patch_size, "model.patch_size"))
+        for key in ("drop_path", "attention_dropout"):
+            check_rate(getattr(self, key), f"model.{key}")
+
+    @classmethod
+    def from_config(cls, model_cfg: Mapping[str, Any], *, patch: bool = True) -> ViTCfg:
+        """The schema of `config.model` (a mapping; `variant` and explicit keys).
+
+        `patch=False` leaves `patch_size` unset (FlexiViT: its run-time patch sizes are
+        `flexi.patch_sizes`, checked per size by the flexi plugin).
+
+        Raises:
+          ValueError: an unknown `model.variant` (`decode_variant`), or see the class.
+        """
+        variant = model_cfg.get("variant")
+        args = {**decode_variant(variant), **{k: model_cfg[k] for k in ("width", "num_heads")
+                                              if model_cfg.get(k) is not None}}
+        ps = (model_cfg.get("patch_size") or args.get("patch_size")) if patch else None
+        return cls(variant=variant, width=args.get("width"), num_heads=args.get("num_heads"),
+                   patch_size=ps, dtype_mm=model_cfg.get("dtype_mm"),
+                   patch_embed=model_cfg.get("patch_embed"),
+                   attention_impl=model_cfg.get("attention_impl"),
+                   drop_path=model_cfg.get("drop_path"),
+                   attention_dropout=model_cfg.get("attention_dropout"))
 
 
 def check_input(model_cfg: Mapping[str, Any], shape: Sequence[int]) -> None:
-    """Check, before any compile, that the patch size divides the image (H, W, C) of the data
-    (and the encoder's settings, `check_encoder`).
+    """Check `config.model` (`ViTCfg`) and, before any compile, that the patch size divides the
+    image (H, W, C) of the data.
 
     `model_cfg` is `config.model` (`variant` and/or `patch_size`).
 
     Raises:
       ValueError: naming `model.variant` / `model.patch_size`, the image size and the patch
-        sizes that would work; or see `check_encoder`.
+        sizes that would work; or see `ViTCfg`.
     """
-    check_encoder(model_cfg)
-    ps = model_cfg.get("patch_size") or decode_variant(model_cfg.get("variant")).get("patch_size")
-    if ps is None:
+    cfg = ViTCfg.from_config(model_cfg)
+    if cfg.patch_size is None:
         return
-    ph, pw = pair(ps, "model.patch_size")
+    ph, pw = cfg.patch_size
     h, w = shape[:2]
     if h % ph or w % pw:
         divisors = [p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]
@@ -287,7 +361,8 @@ def adapt_params(init: Mapping[str, Any], loaded: Mapping[str, Any], *,
       * `pre_logits` / `head` of `loaded` are dropped when `init` has none (ViT Sec. 3.2: remove
         the pre-trained head).
       * head: if any head/* shape differs (other number of classes), the whole head is
-        re-initialised to zeros of init's shapes (ViT Sec. 3.2); same shapes are loaded.
+        re-initialised to zeros of init's shapes (ViT Sec. 3.2); same shapes are loaded. These
+        two steps are `vitx.models.surgery.adapt_head`.
       * pos_embedding (1, N0, D) -> (1, N1, D) when N0 != N1: `resize_posemb` with
         `posemb_method`, grids `old_grid` / `new_grid` or inferred as squares (`infer_grid`).
       * embedding/kernel (P0h, P0w, C, D) -> (P1h, P1w, C, D): `pi_resize_patch_kernel` with
@@ -311,19 +386,7 @@ def adapt_params(init: Mapping[str, Any], loaded: Mapping[str, Any], *,
     elif init_scan is False and loaded_scan is True:
         logger.info("vit.load: unstacking scanned encoderblock into encoderblock_{i}")
         loaded = npz.unstack_blocks(loaded)
-    for key in ("pre_logits", "head"):
-        if key in loaded and key not in init:
-            logger.info("vit.load: dropping checkpoint %s (the model has none)", key)
-            del loaded[key]
-    if isinstance(init.get("head"), Mapping) and isinstance(loaded.get("head"), Mapping):
-        ih, lh = tree.flat_leaves(init["head"]), tree.flat_leaves(loaded["head"])
-        if any(k in lh and tuple(np.shape(lh[k])) != tuple(v.shape) for k, v in ih.items()):
-            logger.info("vit.load: head %s -> %s, re-initialised to zeros",
-                        {k: tuple(np.shape(v)) for k, v in lh.items()},
-                        {k: tuple(v.shape) for k, v in ih.items()})
-            xp = lambda v: np if isinstance(v, np.ndarray) else jnp
-            loaded["head"] = tree.unflatten({k: xp(v).zeros(v.shape, v.dtype)
-                                             for k, v in ih.items()})
+    loaded = surgery.adapt_head(init, loaded, who="vit.load")
 
     def adapter(name: str, value: Any, ref: Any) -> Any:
         shape, ref_shape = tuple(np.shape(value)), tuple(ref.shape)

@@ -3,16 +3,20 @@
     config.distill = dict(teacher="workdirs/vit8", label_weight=0.0, temperature=1.0)
 
 The teacher is any vitx classifier run (a checkpoint spec, see `vitx.utils.checkpoints`; its
-config.json says which model it is). The per-example loss becomes
-`(1 - label_weight) * T^2 KL(teacher || student) + label_weight * task_loss`.
+config.json says which model it is). It runs with the static call kwargs its own run's plugins
+give a frozen model (`teacher_kwargs`; e.g. a FlexiViT teacher at its first patch size). The
+per-example loss becomes `(1 - label_weight) * T^2 KL(teacher || student) + label_weight *
+task_loss`.
 
 Sources: Hinton et al., "Distilling the Knowledge in a Neural Network", 2015, Sec. 2 (T^2
-scaling); FlexiViT (Beyer et al., CVPR 2023, Sec. 3.5; seed 001 claims 4-6) distils a FlexiViT
-student from a fixed-patch-size teacher.
+scaling); FlexiViT (Beyer et al., CVPR 2023, Sec. 3.5; patent CN117556885A, claims 4-6) distils
+a FlexiViT student from a fixed-patch-size teacher.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -21,6 +25,7 @@ import ml_collections
 
 from vitx import models
 from vitx.config import ConfigError
+from vitx.train import plugins
 from vitx.train import sharding as shd
 from vitx.train.plugins import Plugin, SetupContext
 from vitx.utils import checkpoints
@@ -38,6 +43,22 @@ def distill_loss(student_logits: Array, teacher_logits: Array, temperature: floa
     lt = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature)
     ls = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature)
     return jnp.sum(jnp.exp(lt) * (lt - ls), axis=-1) * temperature**2
+
+
+def teacher_kwargs(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The static call kwargs of a frozen model from the run `run_config` (its config.json).
+
+    The union, in `plugins.PLUGINS` order, of `frozen_model_kwargs(run_config)` of every plugin
+    module that defines it (a plugin whose per-step plan feeds the model static kwargs says
+    which values a frozen model of its run takes; e.g. `vitx.train.flexi`: the first patch
+    size). No model is named here.
+    """
+    kw: dict[str, Any] = {}
+    for name in plugins.PLUGINS:
+        hook = getattr(importlib.import_module(name), "frozen_model_kwargs", None)
+        if hook is not None:
+            kw.update(hook(run_config))
+    return kw
 
 
 class DistillPlugin(Plugin):
@@ -80,8 +101,7 @@ def from_config(config: ml_collections.ConfigDict, ctx: SetupContext) -> Distill
     params, _ = checkpoints.load_params(dcfg.teacher)
     shardings = shd.tree_shardings(params, ctx.mesh, list(config.get("sharding_rules") or []))
     params = jax.device_put(params, shardings)
-    # A FlexiViT teacher runs at its first patch size.
-    teacher_kw = {"patch_size": tcfg["flexi"]["patch_sizes"][0]} if tcfg.get("flexi") else {}
+    teacher_kw = teacher_kwargs(tcfg)
     print(f"vitx: distilling from {dcfg.teacher} ({tcfg['model_name']} "
           f"{tcfg['model'].get('variant')})", flush=True)
     return DistillPlugin(teacher, teacher_kw, params, shardings, ctx.task,

@@ -1,23 +1,28 @@
 """FlexiViT training plugin: one patch size per step from `config.flexi`'s schedule.
 
 Source: Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023, Sec. 3.1 (a random
-patch size per step; seed 001 claims 14-16). The model (`vitx.models.flexi`) PI-resizes its
-kernel to the size it is called with; this plugin only puts `patch_size` into the per-step plan,
-a pure function of (seed, step) (`vitx.train.schedules.PatchSizeSchedule`), so every size is one
-compiled train step and a resumed run replays the same sizes.
+patch size per step; patent CN117556885A, claims 14-16). The model (`vitx.models.flexi`)
+PI-resizes its kernel to the size it is called with; this plugin only puts `patch_size` into the
+per-step plan, a pure function of (seed, step) (`vitx.train.schedules.PatchSizeSchedule`), so
+every size is one compiled train step and a resumed run replays the same sizes.
 
     config.flexi = dict(patch_sizes=(4, 6, 8, 12, 16, 24), schedule=dict(kind="uniform"))
+
+`frozen_model_kwargs(run_config)` gives the static call kwargs of a network trained with
+`config.flexi` when it is used frozen (e.g. as a distillation teacher): its first patch size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
 from vitx.config import ConfigError
 from vitx.train.plugins import Plugin, SetupContext
-from vitx.train.schedules import PatchSizeSchedule, validate_patch_sizes
+from vitx.train.schedules import PatchSizeSchedule
+from vitx.utils.patch_sizes import validate_patch_sizes
 
 
 class FlexiPlugin(Plugin):
@@ -46,3 +51,13 @@ def from_config(config: ml_collections.ConfigDict, ctx: SetupContext) -> FlexiPl
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return FlexiPlugin(schedule)
+
+
+def frozen_model_kwargs(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The static call kwargs of a frozen model from the run `run_config` (its config.json):
+    `{"patch_size": p}` with `p` the first of `flexi.patch_sizes` (pixels) when the run trained
+    with `config.flexi`, else `{}`.
+    """
+    if not run_config.get("flexi"):
+        return {}
+    return {"patch_size": run_config["flexi"]["patch_sizes"][0]}

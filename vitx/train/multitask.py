@@ -118,7 +118,7 @@ class TaskPlan(Plugin):
     def plan(self, step: int) -> dict[str, Any]:
         return {"tasks": tuple(self.names[j] for j in self.schedule(step))}
 
-    def batches_before(self, step: int) -> dict[str, int]:
+    def batches_before(self, step: int) -> dict[str | None, int]:
         """Batches each task has consumed before `step` (where its data resumes)."""
         return dict(zip(self.names, self.schedule.counts_before(step), strict=True))
 

@@ -8,6 +8,9 @@ is absent) and is listed in `PLUGINS`. A `Plugin` may
     resumed run replays it exactly.
   * `extra_args()`: add arguments to the train step (e.g. a teacher's params), with shardings.
   * `extra_loss(...)`: replace the per-example loss `(logits, batch, task_loss, *extra) -> (B,)`.
+  * `batches_before(step)`: say how many batches each task's input stream consumed in steps
+    [0, step) (where it resumes), when the plugin decides which tasks a step trains (the
+    multi-task schedule); None when it does not. At most one plugin may answer.
 
 The loop knows nothing else about any plugin. Add one: write `vitx/train/<name>.py` with
 `from_config` and list it in `PLUGINS`.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -57,6 +60,12 @@ class Plugin:
 
     extra_loss: Callable[..., jax.Array] | None = None
 
+    def batches_before(self, step: int) -> dict[str | None, int] | None:
+        """{task name: batches its input consumed in steps [0, step)}, or None when this plugin
+        does not pick the tasks of a step (every task then takes one batch per step)."""
+        del step
+        return None
+
 
 def from_config(config: ml_collections.ConfigDict, ctx: SetupContext) -> list[Plugin]:
     """The plugins this config switches on, in `PLUGINS` order."""
@@ -89,6 +98,19 @@ class StepPlan:
                     raise ValueError(f"two plugins set the per-step choice {k!r}; switch one off")
                 merged[k] = v
         return tuple(sorted(merged.items()))
+
+    def batches_before(self, step: int, names: Iterable[str | None]) -> dict[str | None, int]:
+        """{task name: batches consumed in steps [0, step)} for the tasks `names`: the answer of
+        the one plugin that plans the tasks (`Plugin.batches_before`), else `step` for each.
+
+        Raises:
+          ValueError: two plugins answer.
+        """
+        answers = [a for a in (p.batches_before(step) for p in self.plugins) if a is not None]
+        if len(answers) > 1:
+            raise ValueError("two plugins plan the tasks of a step (batches_before); switch one "
+                             "off")
+        return answers[0] if answers else {name: step for name in names}
 
     @property
     def is_static(self) -> bool:

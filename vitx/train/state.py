@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from vitx.train import checkpoint as ckpt_lib
 from vitx.train import sharding as shd
+from vitx.train.run_config import RunConfig
 
 #: {batch key: (per-example shape, dtype)}, e.g. {"image": ((32, 32, 1), float32), ...}.
 ExampleSpec = Mapping[str, tuple[tuple[int, ...], Any]]
@@ -56,12 +57,16 @@ def init_state(config: Any, model: Any, task: Any, tx: Any,
                materialize: bool = True) -> tuple[dict, Any]:
     """Random init of the train state directly into its shardings. Returns (state, shardings).
 
-    The init RNG is `split(PRNGKey(config.seed))[0]`, the train RNG the other half. With
-    `materialize=False` the state is abstract (ShapeDtypeStructs carrying the shardings: the
-    restore target), so resuming never allocates a throw-away random init.
+    `config`: the run's `vitx.train.run_config.RunConfig` (or a raw config with the same keys):
+    its `seed` and `sharding_rules`. The init RNG is `split(PRNGKey(seed))[0]`, the train RNG
+    the other half. With `materialize=False` the state is abstract (ShapeDtypeStructs carrying
+    the shardings: the restore target), so resuming never allocates a throw-away random init.
     """
-    rules = list(config.get("sharding_rules") or [])
-    rng = jax.random.PRNGKey(config.get("seed", 0))
+    if isinstance(config, RunConfig):
+        seed, rules = config.seed, list(config.sharding_rules)
+    else:
+        seed, rules = config.get("seed", 0), list(config.get("sharding_rules") or [])
+    rng = jax.random.PRNGKey(seed)
     init_rng, train_rng = jax.random.split(rng)
     init = init_variables_fn(model, task, spec, model_kw)
 

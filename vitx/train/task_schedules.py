@@ -1,7 +1,7 @@
 """Multi-task batching policies: which task(s) each optimizer step trains on.
 
 Source: PolyViT (Likhosherstov et al., "PolyViT: Co-training Vision Transformers on Images,
-Videos and Audio", TMLR 2023, Sec. 3.2; seed 004, WO2023059737A1, FIG. 3: 310-350). With T
+Videos and Audio", TMLR 2023, Sec. 3.2; WO2023059737A1, FIG. 3: 310-350). With T
 tasks and U_j steps of task j (U = sum_j U_j), 0-based steps:
 
   task_by_task   tasks in a seeded random order; all U_j steps of one task before the next.

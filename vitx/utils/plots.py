@@ -1,8 +1,8 @@
 """Plots of evaluation results: accuracy vs patch size / sequence length (FlexiViT Fig. 7).
 
-Source: Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023, Fig. 7 (seed 001,
-L225): one FlexiViT checkpoint evaluated at every patch size against fixed-patch ViTs, which
-peak only at their training patch size.
+Source: Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023, Fig. 7
+(CN117556885A): one FlexiViT checkpoint evaluated at every patch size against fixed-patch ViTs,
+which peak only at their training patch size.
 
 Matplotlib is used through `matplotlib.figure.Figure` with the Agg canvas only (no pyplot, no
 global backend switch, no display needed). Files are written atomically (temporary file in the

@@ -1,7 +1,7 @@
-"""vitx's own TFDS builders and :func:`ensure_built`, the offline-safe way to get a builder.
+"""vitx's own TFDS builders and `ensure_built`, the offline-safe way to get a builder.
 
-Importing this package registers the builders below with TFDS (so ``tfds.builder("digits")``
-works) and switches off TFDS's lookups of the public ``gs://tfds-data`` bucket, which would
+Importing this package registers the builders below with TFDS (so `tfds.builder("digits")`
+works) and switches off TFDS's lookups of the public `gs://tfds-data` bucket, which would
 otherwise stall for minutes on a machine without network access.
 """
 
@@ -30,10 +30,10 @@ def hide_accelerators_from_tf() -> None:
 
 
 def disable_gcs() -> None:
-    """Stops TFDS from probing ``gs://tfds-data`` (dataset info and prepared-data lookups).
+    """Stops TFDS from probing `gs://tfds-data` (dataset info and prepared-data lookups).
 
-    tensorflow-datasets 4.9.10 already ships with ``_is_gcs_disabled = True``; earlier 4.x
-    releases defaulted to False and every ``tfds.builder`` of an unprepared dataset tried to
+    tensorflow-datasets 4.9.10 already ships with `_is_gcs_disabled = True`; earlier 4.x
+    releases defaulted to False and every `tfds.builder` of an unprepared dataset tried to
     reach GCS. We set it explicitly so behaviour does not depend on the installed version.
     """
     gcs_utils._is_gcs_disabled = True
@@ -44,28 +44,28 @@ disable_gcs()
 
 
 def _base_name(name: str) -> str:
-    """``"digits:1.0.0"`` / ``"foo/config:1.2.0"`` -> ``"digits"`` / ``"foo"``."""
+    """`"digits:1.0.0"` / `"foo/config:1.2.0"` -> `"digits"` / `"foo"`."""
     return name.split(":", 1)[0].split("/", 1)[0].strip()
 
 
 def ensure_built(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-    """Returns the TFDS builder for ``name``, preparing it on first use if vitx can.
+    """Returns the TFDS builder for `name`, preparing it on first use if vitx can.
 
-    Datasets in :data:`LOCAL_BUILDERS` (``digits``) are written into ``data_dir`` the first
+    Datasets in `LOCAL_BUILDERS` (`digits`) are written into `data_dir` the first
     time they are requested and afterwards read from disk exactly like any other prepared
-    TFDS dataset (e.g. ``imagenet2012``). Other datasets must already be prepared there.
+    TFDS dataset (e.g. `imagenet2012`). Other datasets must already be prepared there.
 
     Args:
-        name: TFDS name, optionally with config/version (``"digits"``, ``"digits:1.0.0"``).
-        data_dir: TFDS data directory. ``None`` means TFDS's default: ``$TFDS_DATA_DIR`` if
-            set, else ``~/tensorflow_datasets``.
+        name: TFDS name, optionally with config/version (`"digits"`, `"digits:1.0.0"`).
+        data_dir: TFDS data directory. `None` means TFDS's default: `$TFDS_DATA_DIR` if
+            set, else `~/tensorflow_datasets`.
 
     Returns:
-        A prepared ``tfds.core.DatasetBuilder`` (``builder.is_prepared()`` is True).
+        A prepared `tfds.core.DatasetBuilder` (`builder.is_prepared()` is True).
 
     Raises:
-        ValueError: if ``name`` is not a known TFDS dataset, or it is not prepared under
-            ``data_dir`` and is not one vitx can build itself, or ``data_dir`` is not writable
+        ValueError: if `name` is not a known TFDS dataset, or it is not prepared under
+            `data_dir` and is not one vitx can build itself, or `data_dir` is not writable
             (or the build fails) when vitx has to build it.
     """
     disable_gcs()

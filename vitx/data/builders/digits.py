@@ -1,16 +1,16 @@
-"""TFDS builder ``digits``: scikit-learn's bundled 8x8 handwritten digit scans.
+"""TFDS builder `digits`: scikit-learn's bundled 8x8 handwritten digit scans.
 
 The data are the 1,797 real scans of the UCI "Optical Recognition of Handwritten Digits"
-test set that ship inside scikit-learn (``sklearn.datasets.load_digits``), so building
+test set that ship inside scikit-learn (`sklearn.datasets.load_digits`), so building
 this dataset needs no network access. Each example is
 
-* ``image``: uint8 tensor of shape (height=8, width=8, channels=1), values 0..255
-  (the original 0..16 counts scaled by ``round(v * 255 / 16)``);
-* ``label``: int64 class id in [0, 10);
-* ``id``: int64 row index into ``load_digits()`` (useful for debugging and de-duplication).
+* `image`: uint8 tensor of shape (height=8, width=8, channels=1), values 0..255
+  (the original 0..16 counts scaled by `round(v * 255 / 16)`);
+* `label`: int64 class id in [0, 10);
+* `id`: int64 row index into `load_digits()` (useful for debugging and de-duplication).
 
-Splits come from ``train_test_split(test_size=0.2, random_state=0, stratify=label)``:
-``train`` has 1,437 examples and ``test`` 360.
+Splits come from `train_test_split(test_size=0.2, random_state=0, stratify=label)`:
+`train` has 1,437 examples and `test` 360.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ def load_arrays() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Loads the digits scans and splits them exactly as the builder does.
 
     Returns:
-        ``{"train": (images, labels, ids), "test": (images, labels, ids)}`` with
+        `{"train": (images, labels, ids), "test": (images, labels, ids)}` with
         images uint8 of shape (num_examples, 8, 8, 1) in 0..255, labels int64 of shape
         (num_examples,) in [0, 10) and ids int64 of shape (num_examples,) (row index in
-        ``load_digits()``). ``train`` has 1,437 examples, ``test`` 360.
+        `load_digits()`). `train` has 1,437 examples, `test` 360.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

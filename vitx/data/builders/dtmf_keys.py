@@ -1,20 +1,18 @@
-"""TFDS builder ``dtmf_keys``: synthetic telephone keypad (DTMF) tones, 12 classes.
+"""TFDS builder `dtmf_keys`: synthetic telephone keypad (DTMF) tones, 12 classes.
 
 Dual-tone multi-frequency signalling (ITU-T Recommendation Q.23, "Technical features of
 push-button telephone sets"; receiver tolerances in ITU-T Q.24) encodes each key as the sum of
 one low-group and one high-group sinusoid:
 
-=========  =======  =======  =======
-low \\ high  1209 Hz  1336 Hz  1477 Hz
-=========  =======  =======  =======
-697 Hz     1        2        3
-770 Hz     4        5        6
-852 Hz     7        8        9
-941 Hz     \\*       0        #
-=========  =======  =======  =======
+| low \\ high | 1209 Hz | 1336 Hz | 1477 Hz |
+|------------|---------|---------|---------|
+| 697 Hz     | 1       | 2       | 3       |
+| 770 Hz     | 4       | 5       | 6       |
+| 852 Hz     | 7       | 8       | 9       |
+| 941 Hz     | \\*      | 0       | #       |
 
 Each example is a 1.0 s clip at 8000 Hz (8000 float32 samples in [-1, 1]) holding one key
-press, with every nuisance drawn from ``numpy.random.default_rng`` with a fixed seed per split:
+press, with every nuisance drawn from `numpy.random.default_rng` with a fixed seed per split:
 
 * tone duration uniform in [0.2, 0.7] s, onset uniform so the tone fits in the clip, and
   5 ms raised-cosine ramps at both ends (no clicks);
@@ -25,11 +23,11 @@ press, with every nuisance drawn from ``numpy.random.default_rng`` with a fixed 
 * additive white Gaussian noise with standard deviation uniform in [0.001, 0.05] over the
   whole clip; the sum is clipped to [-1, 1].
 
-Features: ``audio`` float32 (samples=8000,), ``label`` ClassLabel(12) with names
-:data:`KEYS` = ``("1", ..., "9", "*", "0", "#")`` in keypad order.
+Features: `audio` float32 (samples=8000,), `label` ClassLabel(12) with names
+`KEYS` = `("1", ..., "9", "*", "0", "#")` in keypad order.
 
-Splits (disjoint seeds; keys balanced by a seeded permutation of ``arange(n) % 12``):
-``train`` has 1,200 clips (100 per key), ``test`` 360 (30 per key).
+Splits (disjoint seeds; keys balanced by a seeded permutation of `arange(n) % 12`):
+`train` has 1,200 clips (100 per key), `test` 360 (30 per key).
 """
 
 from __future__ import annotations
@@ -76,9 +74,9 @@ def synthesize(
     """One DTMF clip: float32 (8000,) samples in [-1, 1] at 8000 Hz.
 
     Args:
-        key: class index into :data:`KEYS` (0..11).
+        key: class index into `KEYS` (0..11).
         duration: tone length in seconds, > 2 * 5 ms ramp.
-        onset: tone start in seconds; ``onset + duration <= 1.0``.
+        onset: tone start in seconds; `onset + duration <= 1.0`.
         level_low, level_high: peak amplitudes of the low- and high-group sinusoids.
         detune: relative frequency offsets (low, high), e.g. 0.01 = +1 %.
         phases: start phases (low, high) in radians.
@@ -114,12 +112,12 @@ def synthesize(
 
 
 def generate_clips(split: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields ``(index, {"audio", "label"})`` for ``split`` exactly as the builder stores them.
+    """Yields `(index, {"audio", "label"})` for `split` exactly as the builder stores them.
 
-    Deterministic: a pure function of ``split`` (fixed seed :data:`SPLIT_SEEDS`).
+    Deterministic: a pure function of `split` (fixed seed `SPLIT_SEEDS`).
 
     Raises:
-        ValueError: if ``split`` is not ``"train"`` or ``"test"``.
+        ValueError: if `split` is not `"train"` or `"test"`.
     """
     if split not in SPLIT_SIZES:
         raise ValueError(f"split={split!r} is unknown; use one of {sorted(SPLIT_SIZES)}.")

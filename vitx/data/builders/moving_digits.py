@@ -1,49 +1,49 @@
-"""TFDS builder ``moving_digits``: one real digit scan bouncing around a small video clip.
+"""TFDS builder `moving_digits`: one real digit scan bouncing around a small video clip.
 
 Each clip has T=8 frames of 32x32 grayscale pixels. A single handwritten digit scan from
-:func:`vitx.data.builders.digits.load_arrays` (scikit-learn's 8x8 UCI scans, values 0..255) is
+`vitx.data.builders.digits.load_arrays` (scikit-learn's 8x8 UCI scans, values 0..255) is
 upsampled to a 16x16 sprite by nearest-neighbour pixel replication (every scan pixel becomes a
 2x2 block; exact and deterministic) and pasted onto a black canvas. The sprite moves at a
 constant integer velocity and bounces off the borders (moving-MNIST style).
 
 Motion model (all in pixels; y = row index, growing downwards; x = column index):
 
-* the sprite's top-left corner ``p_t = (y_t, x_t)`` lives in ``[0, 16] x [0, 16]``;
-* the initial velocity is ``v_0 = s * (dy, dx)`` with ``(dy, dx)`` the unit sign pattern of
-  one of the 8 compass directions below and speed ``s`` in {2, 3} px/frame per moving axis
-  (so diagonal clips move ``s * sqrt(2)`` px/frame);
-* ``p_{t+1} = p_t + v_t``; a coordinate that leaves ``[0, 16]`` is reflected back into it
+* the sprite's top-left corner `p_t = (y_t, x_t)` lives in `[0, 16] x [0, 16]`;
+* the initial velocity is `v_0 = s * (dy, dx)` with `(dy, dx)` the unit sign pattern of
+  one of the 8 compass directions below and speed `s` in {2, 3} px/frame per moving axis
+  (so diagonal clips move `s * sqrt(2)` px/frame);
+* `p_{t+1} = p_t + v_t`; a coordinate that leaves `[0, 16]` is reflected back into it
   and that velocity component flips sign (a bounce).
 
-Labels. ``direction`` is the compass direction of the INITIAL velocity ``v_0``, index into
-``DIRECTIONS = (N, NE, E, SE, S, SW, W, NW)`` with N = up (dy=-1), E = right (dx=+1). Start
+Labels. `direction` is the compass direction of the INITIAL velocity `v_0`, index into
+`DIRECTIONS = (N, NE, E, SE, S, SW, W, NW)` with N = up (dy=-1), E = right (dx=+1). Start
 positions are drawn uniformly from the positions from which the first step needs no bounce,
-so the displacement from frame 0 to frame 1 always equals ``v_0`` and the label is visible
+so the displacement from frame 0 to frame 1 always equals `v_0` and the label is visible
 in the clip. Later steps may bounce (about 90 % of clips bounce at least once within the 8
 frames), which reverses the motion along that axis; a step that hits a border moves less than
-``s`` along it (possibly 0), but is still one rigid integer translation. Because the start
+`s` along it (possibly 0), but is still one rigid integer translation. Because the start
 position is uniform over that (large) set, it gives away little about the direction.
 
 Features of each example:
 
-* ``video``: uint8 (time=8, height=32, width=32, channels=1), values 0..255;
-* ``mask``: uint8 (time, height, width, 1), 1 where the frame's pixel is > 0 (the digit's
+* `video`: uint8 (time=8, height=32, width=32, channels=1), values 0..255;
+* `mask`: uint8 (time, height, width, 1), 1 where the frame's pixel is > 0 (the digit's
   ink), else 0;
-* ``flow``: float32 (time, height, width, 2), channels (dy, dx) in pixels per frame. Frame
-  t's flow is the exact displacement ``p_{t+1} - p_t`` of the digit from frame t to t+1,
-  set on frame t's ink pixels (``mask[t] == 1``) and zero on the background. The last
-  frame (t = T-1) has no successor: it repeats the previous displacement ``p_{T-1} - p_{T-2}``
+* `flow`: float32 (time, height, width, 2), channels (dy, dx) in pixels per frame. Frame
+  t's flow is the exact displacement `p_{t+1} - p_t` of the digit from frame t to t+1,
+  set on frame t's ink pixels (`mask[t] == 1`) and zero on the background. The last
+  frame (t = T-1) has no successor: it repeats the previous displacement `p_{T-1} - p_{T-2}`
   on its own ink pixels. The motion is a rigid integer translation, so for every t < T-1
   moving frame t's ink pixels by the flow gives exactly frame t+1's ink pixels.
-* ``digit``: ClassLabel(10), the scan's digit class;
-* ``direction``: ClassLabel(8), names ``DIRECTIONS``;
-* ``label``: equal to ``direction`` (so the default ``label`` key is the motion task);
-* ``id``: int64, row index of the source scan in ``sklearn.datasets.load_digits()``.
+* `digit`: ClassLabel(10), the scan's digit class;
+* `direction`: ClassLabel(8), names `DIRECTIONS`;
+* `label`: equal to `direction` (so the default `label` key is the motion task);
+* `id`: int64, row index of the source scan in `sklearn.datasets.load_digits()`.
 
 Splits (no leakage: train clips use only digits-train scans, test clips only digits-test
-scans): ``train`` has 2,874 clips (2 per train scan), ``test`` 360 (1 per test scan).
-Directions are balanced (a seeded permutation of ``arange(n) % 8``); speeds and start
-positions are drawn from ``numpy.random.default_rng`` with a fixed seed per split, so every
+scans): `train` has 2,874 clips (2 per train scan), `test` 360 (1 per test scan).
+Directions are balanced (a seeded permutation of `arange(n) % 8`); speeds and start
+positions are drawn from `numpy.random.default_rng` with a fixed seed per split, so every
 build is bit-identical.
 """
 
@@ -85,7 +85,7 @@ FLOW_SHAPE = (NUM_FRAMES, FRAME_SIZE, FRAME_SIZE, 2)
 
 
 def direction_index(dy: int, dx: int) -> int:
-    """Index into :data:`DIRECTIONS` of a velocity's sign pattern (``np.sign`` of dy, dx).
+    """Index into `DIRECTIONS` of a velocity's sign pattern (`np.sign` of dy, dx).
 
     Raises:
         ValueError: if the velocity is zero.
@@ -113,9 +113,9 @@ def trajectory(start: np.ndarray, velocity: np.ndarray) -> tuple[np.ndarray, np.
         velocity: int (2,) initial velocity (vy, vx) in px/frame, |v| <= MAX_POS.
 
     Returns:
-        ``(positions, displacements)``: int64 (T, 2) positions p_t and int64 (T, 2)
-        displacements, ``displacements[t] = p_{t+1} - p_t`` for t < T-1 and
-        ``displacements[T-1] = displacements[T-2]`` (see the module docstring).
+        `(positions, displacements)`: int64 (T, 2) positions p_t and int64 (T, 2)
+        displacements, `displacements[t] = p_{t+1} - p_t` for t < T-1 and
+        `displacements[T-1] = displacements[T-2]` (see the module docstring).
     """
     pos = np.asarray(start, dtype=np.int64).copy()
     vel = np.asarray(velocity, dtype=np.int64).copy()
@@ -136,7 +136,7 @@ def trajectory(start: np.ndarray, velocity: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def render(scan: np.ndarray, start: np.ndarray, velocity: np.ndarray) -> dict[str, np.ndarray]:
-    """Renders one clip of ``scan`` moving from ``start`` with initial ``velocity``.
+    """Renders one clip of `scan` moving from `start` with initial `velocity`.
 
     Args:
         scan: uint8 (8, 8) or (8, 8, 1) digit scan, values 0..255.
@@ -144,8 +144,8 @@ def render(scan: np.ndarray, start: np.ndarray, velocity: np.ndarray) -> dict[st
         velocity: int (2,) initial velocity (vy, vx) in px/frame.
 
     Returns:
-        ``{"video": uint8 (T, 32, 32, 1), "mask": uint8 (T, 32, 32, 1),
-        "flow": float32 (T, 32, 32, 2)}`` as described in the module docstring.
+        `{"video": uint8 (T, 32, 32, 1), "mask": uint8 (T, 32, 32, 1),
+        "flow": float32 (T, 32, 32, 2)}` as described in the module docstring.
     """
     sprite = upsample(scan)
     positions, disp = trajectory(start, velocity)
@@ -158,7 +158,7 @@ def render(scan: np.ndarray, start: np.ndarray, velocity: np.ndarray) -> dict[st
 
 
 def _sample_start(rng: np.random.Generator, velocity: np.ndarray) -> np.ndarray:
-    """Uniform start (y, x) from which the first step ``start + velocity`` stays in range."""
+    """Uniform start (y, x) from which the first step `start + velocity` stays in range."""
     start = np.zeros(2, dtype=np.int64)
     for a in range(2):
         lo = max(0, -int(velocity[a]))
@@ -168,12 +168,12 @@ def _sample_start(rng: np.random.Generator, velocity: np.ndarray) -> np.ndarray:
 
 
 def generate_clips(split: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields ``(clip_index, example)`` for ``split``, exactly as the builder stores them.
+    """Yields `(clip_index, example)` for `split`, exactly as the builder stores them.
 
-    Deterministic: a pure function of ``split`` (fixed seed :data:`SPLIT_SEEDS`).
+    Deterministic: a pure function of `split` (fixed seed `SPLIT_SEEDS`).
 
     Raises:
-        ValueError: if ``split`` is not ``"train"`` or ``"test"``.
+        ValueError: if `split` is not `"train"` or `"test"`.
     """
     if split not in CLIPS_PER_SCAN:
         raise ValueError(f"split={split!r} is unknown; use one of {sorted(CLIPS_PER_SCAN)}.")

@@ -1,4 +1,5 @@
-"""`vitx sweep` (vitx/sweep.py): grids, ranges, the Optuna study, resuming, the summary.
+"""Running `vitx sweep` (vitx/sweep/loop.py, runner.py, study.py, summary.py): failures,
+Ctrl-C and kill -9 resumed, workers sharing a study, searches, pruning, the summary.
 
 Most tests run a fake trainer (a small script taking `train --config ... --workdir ...
 --config.k=v`) so that they take seconds; the last one runs real `vitx train` trials: a 2x2
@@ -13,128 +14,14 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
-import optuna.distributions as od
 import pytest
 
-from vitx import config as config_lib
 from vitx import sweep
-from vitx.sweep import Hyper as h
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "vit_digits.py")
-
-# ------------------------------------------------------------------------------------------------
-# Grids and ranges.
-
-
-def test_hyper_product_zip_chain_fixed():
-    grid = h.product([h.sweep("config.lr", [1e-3, 3e-4]),
-                      h.zip([h.sweep("config.wd", [0.0, 0.1]), h.sweep("config.seed", [0, 1])])])
-    assert grid == [{"config.lr": 1e-3, "config.wd": 0.0, "config.seed": 0},
-                    {"config.lr": 1e-3, "config.wd": 0.1, "config.seed": 1},
-                    {"config.lr": 3e-4, "config.wd": 0.0, "config.seed": 0},
-                    {"config.lr": 3e-4, "config.wd": 0.1, "config.seed": 1}]
-    assert h.product(h.sweep("a", [1, 2]), h.sweep("b", ["x"])) == [{"a": 1, "b": "x"},
-                                                                     {"a": 2, "b": "x"}]
-    assert h.zip(h.sweep("a", [1, 2]), h.fixed("b", 5, length=2)) == [{"a": 1, "b": 5},
-                                                                       {"a": 2, "b": 5}]
-    assert h.chain([h.sweep("a", [1]), h.sweep("b", [2])]) == [{"a": 1}, {"b": 2}]
-    with pytest.raises(sweep.SweepError, match="equal lengths"):
-        h.zip(h.sweep("a", [1, 2]), h.sweep("b", [1]))
-    with pytest.raises(sweep.SweepError, match="swept twice"):
-        h.product(h.sweep("a", [1, 2]), h.sweep("a", [3]))
-    with pytest.raises(sweep.SweepError, match="no values"):
-        h.sweep("a", [])
-
-
-@pytest.mark.parametrize("text, key, values", [
-    ("config.lr=[1e-3,3e-4]", "lr", [1e-3, 3e-4]),
-    ("lr=[0.001]", "lr", [0.001]),
-    ("config.model.variant=[S/16, mu/8]", "model.variant", ["S/16", "mu/8"]),
-    ("config.input.pp=['a,b', 'c']", "input.pp", ["a,b", "c"]),
-    ("config.mesh=[[('data', -1)], [('data', 1)]]", "mesh", [[("data", -1)], [("data", 1)]]),
-    ("config.model.scan=[True,false]", "model.scan", [True, False]),
-])
-def test_parse_grid_lists(text, key, values):
-    assert sweep.parse_sweep(text) == (key, values)
-
-
-@pytest.mark.parametrize("text, dist", [
-    ("config.lr=loguniform(1e-4,1e-2)", od.FloatDistribution(1e-4, 1e-2, log=True)),
-    ("config.wd=uniform(0, 0.3)", od.FloatDistribution(0.0, 0.3)),
-    ("config.model.depth=int(2,8)", od.IntDistribution(2, 8)),
-    ("config.input.batch_size=logint(16,256)", od.IntDistribution(16, 256, log=True)),
-    ("config.optax_name=choice(adamw, sgd)", od.CategoricalDistribution(("adamw", "sgd"))),
-    ("config.wd=choice(0.0, 0.1)", od.CategoricalDistribution((0.0, 0.1))),
-])
-def test_parse_ranges_to_optuna_distributions(text, dist):
-    assert sweep.parse_sweep(text)[1] == dist
-
-
-@pytest.mark.parametrize("text, match", [
-    ("config.lr", "expected KEY="),
-    ("config.lr=0.1", "neither a list"),
-    ("config.lr=normal(0,1)", "unknown range 'normal'"),
-    ("config.lr=loguniform(0,1)", "low > 0"),
-    ("config.lr=uniform(1,1)", "low < high"),
-    ("config.depth=int(1.5,4)", "two ints"),
-    ("config.lr=uniform(1)", "two numbers"),
-    ("config.lr=[]", "empty"),
-    ("config.mesh=choice([1],[2])", "choice"),
-])
-def test_bad_sweep_arguments_are_one_line_errors(text, match):
-    with pytest.raises(sweep.SweepError, match=match) as e:
-        sweep.parse_sweep(text)
-    assert "\n" not in str(e.value) and "--sweep" in str(e.value)
-
-
-def test_trial_names_are_filesystem_safe():
-    assert sweep.trial_name({"lr": 1e-3, "wd": 0.1}) == "lr=0.001,wd=0.1"
-    assert sweep.trial_name({"lr": 3e-4, "wd": 0.0}) == "lr=0.0003,wd=0"
-    name = sweep.trial_name({"model.variant": "S/16", "input.pp": "resize(32)|x y"})
-    assert name == "model.variant=S_16,input.pp=resize_32__x_y"
-    long = sweep.trial_name({"k": "v" * 300})
-    assert len(long) <= 100 and long != sweep.trial_name({"k": "v" * 301})
-
-
-def test_plan_grid_from_sweeps_and_from_get_hyper(tmp_path):
-    plan = sweep.make_plan(config=CONFIG, sweeps=["config.lr=[1e-3,3e-4]", "config.wd=[0.0,0.1]"])
-    assert plan.kind == "grid" and plan.direction == "maximize"
-    assert plan.names == ["lr=0.001,wd=0", "lr=0.001,wd=0.1", "lr=0.0003,wd=0",
-                          "lr=0.0003,wd=0.1"]
-    cfg = tmp_path / "with_hyper.py"
-    cfg.write_text(textwrap.dedent(f"""
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("base", {CONFIG!r})
-        base = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(base)
-        get_config = base.get_config
-
-        def get_hyper(h):
-            return h.zip([h.sweep("config.lr", [1e-3, 3e-4]), h.sweep("config.seed", [0, 1])])
-    """))
-    plan = sweep.make_plan(config=f"{cfg}:quick", sweeps=[], metric="test/loss")
-    assert plan.points == [{"lr": 1e-3, "seed": 0}, {"lr": 3e-4, "seed": 1}]
-    assert plan.direction == "minimize"  # inferred from the metric's name
-
-
-@pytest.mark.parametrize("kw, match", [
-    (dict(sweeps=["config.lrr=[1,2]"]), "unknown config key 'lrr'.*did you mean 'lr'"),
-    (dict(sweeps=["config.lr=loguniform(1e-4,1e-2)"]), "add --search random"),
-    (dict(sweeps=["config.lr=loguniform(1e-4,1e-2)"], search="tpe"), "needs --trials"),
-    (dict(sweeps=["config.lr=[1,2]"], overrides=["lr=0.1"]), "both swept .* and fixed"),
-    (dict(sweeps=["config.lr=[1,2]", "lr=[3]"]), "swept twice"),
-    (dict(sweeps=[]), "nothing to sweep"),
-    (dict(sweeps=["config.model.depth=['deep']"]), "model.depth"),
-])
-def test_bad_plans(kw, match):
-    with pytest.raises(config_lib.ConfigError, match=match) as e:  # SweepError is one too
-        sweep.make_plan(config=CONFIG, **kw)
-    assert "\n" not in str(e.value)
-
 
 # ------------------------------------------------------------------------------------------------
 # Running sweeps with a fake trainer (seconds per test).
