@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import shlex
 import shutil
 import subprocess
 
@@ -168,7 +167,7 @@ def _repo_copy(dst: str, tfds: str) -> str:
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=[
-    f"{i}-{shlex.split(g[0].replace('(', ' '))[0]}-{len(g)}" for i, g in enumerate(GROUPS)])
+    f"{i}-{g[0].split()[0]}-{len(g)}" for i, g in enumerate(GROUPS)])
 def test_readme_commands_run_as_written(group, shared_tfds, tmp_path, tmp_path_factory):
     repo = _repo_copy(str(tmp_path / "vitx"), shared_tfds)
     env = dict(os.environ, PATH=os.path.join(repo, ".venv", "bin") + os.pathsep
