@@ -85,3 +85,28 @@ class Representations:
         if not reps:
             return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
         return np.concatenate(reps), np.concatenate(labels)
+
+
+class TrainTestFeatures:
+    """Frozen features of a train and a test split for the representation evaluators
+    (`fewshot_linear`, `knn`): `cfg.train_split` ("train") and `cfg.test_split` ("test") of
+    `cfg.dataset` with `cfg.pp`, read at `cfg.representation` ("pre_logits").
+
+    Calling it with the model's variables returns `(x_train (N, D), y_train (N,), x_test
+    (M, D), y_test (M,), num_classes)`, labels as ints, num_classes = largest label + 1.
+
+    Raises:
+      ValueError: an unknown dataset or split, a bad pp spec, batch size or label subset.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict, ctx: EvalContext):
+        self.train_ds = eval_dataset(cfg, ctx, cfg.get("train_split", "train"))
+        self.test_ds = eval_dataset(cfg, ctx, cfg.get("test_split", "test"))
+        self.represent = Representations(ctx, cfg.get("representation", "pre_logits"))
+
+    def __call__(self, variables: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                               np.ndarray, int]:
+        x_tr, y_tr = self.represent(variables, self.train_ds)
+        x_te, y_te = self.represent(variables, self.test_ds)
+        k = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+        return x_tr, y_tr, x_te, y_te, k

@@ -173,16 +173,12 @@ class Evaluator:
     def __init__(self, name: str, cfg: ml_collections.ConfigDict, ctx: EvalContext):
         self.name = name
         self.__dict__.update(_config(name, cfg))
-        self.train_ds = features.eval_dataset(cfg, ctx, cfg.get("train_split", "train"))
-        self.test_ds = features.eval_dataset(cfg, ctx, cfg.get("test_split", "test"))
-        self.represent = features.Representations(ctx, cfg.get("representation", "pre_logits"))
+        self.features = features.TrainTestFeatures(cfg, ctx)
 
     def run(self, variables: Any, *, final: bool = False) -> dict[str, float]:
         """`<name>/<S>shot` and `<name>/<S>shot_std` for every S in `shots`."""
         del final
-        x_tr, y_tr = self.represent(variables, self.train_ds)
-        x_te, y_te = self.represent(variables, self.test_ds)
-        k = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+        x_tr, y_tr, x_te, y_te, k = self.features(variables)
         if self.fixed:
             pool, val = np.arange(len(y_tr)), None
         else:

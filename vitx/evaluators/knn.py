@@ -89,16 +89,12 @@ class Evaluator:
             raise ValueError(f"temperature={temperature} must be > 0 (weighted "
                              f"vote), or 0 / None (majority vote)")
         self.temperature = None if not temperature else float(temperature)
-        self.train_ds = features.eval_dataset(cfg, ctx, cfg.get("train_split", "train"))
-        self.test_ds = features.eval_dataset(cfg, ctx, cfg.get("test_split", "test"))
-        self.represent = features.Representations(ctx, cfg.get("representation", "pre_logits"))
+        self.features = features.TrainTestFeatures(cfg, ctx)
 
     def run(self, variables: Any, *, final: bool = False) -> dict[str, float]:
         """`<name>/knn_accuracy` over the test split."""
         del final
-        x_tr, y_tr = self.represent(variables, self.train_ds)
-        x_te, y_te = self.represent(variables, self.test_ds)
-        k = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+        x_tr, y_tr, x_te, y_te, k = self.features(variables)
         preds = knn_predict(x_tr, y_tr, x_te, k=self.k, num_classes=k,
                             temperature=self.temperature)
         return {f"{self.name}/knn_accuracy": float(np.mean(preds == y_te)) if len(y_te) else 0.0}
