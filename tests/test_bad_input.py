@@ -120,6 +120,9 @@ CASES = {
                                expect="at most one axis size may be -1"),
     "mesh_fixed_not_dividing": case("mesh=[('data', -1), ('fsdp', 2)]",
                                     expect="mesh=[('data', -1), ('fsdp', 2)]"),
+    "sharding_rule_unknown_axis": case("sharding_rules=[('head/kernel', ('foo',))]",
+                                       expect=("mesh axis 'foo'", "the mesh does not have",
+                                               "'data'")),
     "sharding_rule_rank": case("sharding_rules=[('head/kernel', ('fsdp', None, None))]",
                                expect="sharding_rules: 'head/kernel'"),
     # Checkpoints.
@@ -129,6 +132,9 @@ CASES = {
                                expect=("model_init", "/nonexistent/ckpt.npz")),
     "foreign_model_init": case("model_init={foreign}", workdir=FRESH,
                                expect=("model_init", "cannot load")),
+    "garbage_npz_model_init": case("model_init={garbage}", workdir=FRESH,
+                                   expect=("model_init", "{garbage}",
+                                           "not a valid weights file")),
     "model_init_other_width": case("model_init={finished}", "model.width=64",
                                    "model.mlp_dim=128", workdir=FRESH,
                                    expect=("model_init", "cannot load")),
@@ -184,6 +190,14 @@ def foreign(tmp_path_factory) -> str:
     return path
 
 
+@pytest.fixture(scope="module")
+def garbage(tmp_path_factory) -> str:
+    """Bytes that are no archive at all, named .npz (numpy would offer to unpickle them)."""
+    path = tmp_path_factory.mktemp("garbage") / "weights.npz"
+    path.write_bytes(b"\x80\x04garbage, not a zip archive" * 10)
+    return str(path)
+
+
 def _fill(text: str, **kw: str) -> str:
     for k, v in kw.items():
         text = text.replace("{" + k + "}", v)
@@ -192,9 +206,9 @@ def _fill(text: str, **kw: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, data_dir, finished, foreign,
-                                                         tmp_path, capsys):
+                                                         garbage, tmp_path, capsys):
     c = CASES[name]
-    fill = dict(finished=finished, foreign=foreign, tmp=str(tmp_path))
+    fill = dict(finished=finished, foreign=foreign, garbage=garbage, tmp=str(tmp_path))
     if c.workdir == FINISHED:
         workdir = str(tmp_path / "finished_copy")
         shutil.copytree(finished, workdir)
@@ -216,6 +230,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, data_dir, finishe
     assert "Traceback" not in err + out
     line = lines[0]
     assert len(line) < 400, line
+    assert "pickle" not in line, line  # never suggest unpickling an untrusted file
     for want in c.expect:
         assert _fill(want, **fill) in line, line
     if c.workdir == FINISHED:

@@ -132,15 +132,17 @@ def spec_for(name: str, shape: tuple[int, ...], mesh: Mesh,
         if spec == "fsdp":
             return _fsdp_spec(shape, mesh)
         spec = tuple(spec)
+        unknown = [ax for ax in spec if ax is not None and ax not in mesh.axis_names]
+        if unknown:  # before the rank check: an unknown axis is the error to report
+            raise ConfigError(f"sharding_rules: {regex!r} -> {spec} names mesh axis "
+                              f"{unknown[0]!r}, which the mesh does not have; use one of "
+                              f"{tuple(mesh.axis_names)} or None")
         if len(spec) + 1 == len(shape) and _SCANNED.search(name):
             spec = (None, *spec)  # nn.scan'ed blocks: params stacked on a leading depth axis
         if len(spec) != len(shape):
             raise ConfigError(f"sharding_rules: {regex!r} -> {spec} has rank {len(spec)} but "
                               f"{name} has shape {shape}; give one entry per dimension")
         for ax, dim in zip(spec, shape, strict=True):
-            if ax is not None and ax not in mesh.axis_names:
-                raise ConfigError(f"sharding_rules: {regex!r} names mesh axis {ax!r}; the mesh "
-                                  f"has {mesh.axis_names}")
             if ax is not None and dim % mesh.shape[ax]:
                 return PartitionSpec()  # does not divide: replicate this leaf
         return PartitionSpec(*spec)

@@ -315,12 +315,20 @@ def load_npz(path: str | os.PathLike[str], layout: str = "auto",
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_npz: checkpoint file {path!r} does not exist; fix the "
                                 f"path (config.model_init)")
-    data = np.load(path, allow_pickle=False)
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"load_npz: {path!r} is a single array, not an .npz archive of named "
-                         f"params; save it with vitx.utils.npz.save_npz")
-    with data:
-        flat = {k: data[k] for k in data.files}
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"load_npz: {path!r} is a single array, not an .npz archive of "
+                             f"named params; save it with vitx.utils.npz.save_npz")
+        with data:
+            flat = {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        if str(e).startswith("load_npz:"):
+            raise
+        # numpy's own text suggests unpickling an untrusted file: never pass it on.
+        raise ValueError(f"load_npz: {path!r} is not a valid weights file (not a readable .npz "
+                         f"archive of named arrays: {type(e).__name__}); pass an .npz written "
+                         f"by np.savez / `vitx export`, or a checkpoint folder") from None
     if not subtree:  # params under a known wrapper (big_vision / timm find these too)
         subtree = next((p for p in AUTO_SUBTREES if any(k.startswith(p + "/") for k in flat)),
                        None)
