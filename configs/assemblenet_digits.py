@@ -59,6 +59,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.input.shuffle_buffer = 3_000
     c.evals.test.dataset = "moving_digits"
     c.evals.test.pp = f"video_value_range(-1,1)|onehot(8)|keep({keep})"
+    # The learned connection / peer weights at each eval: metrics graph/..., and
+    # WORKDIR/graph/{graph.png, weights.json, pruned_model.json} (the graph without the 4
+    # weakest connections and the 4 weakest peers; `vitx.evaluators.assemblenet_graph`).
+    c.evals.graph = dict(type="assemblenet_graph", prune=dict(bottom_k=4, peer_bottom_k=4))
     c.total_steps = 20 if arg.quick else arg.steps
     c.schedule.warmup_steps = 2 if arg.quick else 30
     c.eval_every_steps = 0

@@ -66,6 +66,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.grad_accum_steps = 1
     c.lr_mults = ml_collections.FieldReference(None, field_type=list)
     c.layer_decay = ml_collections.FieldReference(None, field_type=float)  # BEiT; needs scan=False
+    # Off here (see configs/vit_digits_augreg.py): vitx/train/mixup.py and ema.py.
+    c.mixup = dict(mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5, mode="batch")
+    c.ema = dict(decay=0.0, warmup_steps=0)
 
     c.mesh = [("data", -1), ("fsdp", 1), ("model", 1)]
     c.sharding_rules = [(".*", "fsdp")]

@@ -6,6 +6,7 @@
     python scripts/seeds_table.py conv --run       # CoAtNet and hybrid ViT vs ViT on digits
     python scripts/seeds_table.py vit --run        # `make train`'s config (ViT, 1,000 steps)
     python scripts/seeds_table.py transfer --run   # pretrain -> fine-tune (posemb ablations)
+    python scripts/seeds_table.py masked_patch --run   # masked patch pretraining -> fine-tune
     python scripts/seeds_table.py flexi --run --transpose  # accuracy per patch size (Fig. 3/7)
     python scripts/seeds_table.py flexi --run --rows flexi2400   # only the rows named
 
@@ -64,7 +65,9 @@ TABLES = {
                                                                        "test/loss"]),
     "conv": ("", [("vit", "configs/vit_digits.py:steps=500"),
                   ("coatnet", "configs/coatnet_digits.py:steps=500"),
-                  ("hybrid", "configs/hybrid_digits.py:steps=500")],
+                  ("hybrid", "configs/hybrid_digits.py:steps=500"),
+                  Row("vit_rel", "configs/vit_digits.py:steps=500",  # ViT_REL (CoAtNet Table 3)
+                      extra=("--config.model_name=vit_rel",))],
              ["test/accuracy"]),
     "transfer": ("configs/transfer_digits.py",
                  [Row("pretrain16", "pretrain16"),
@@ -76,6 +79,10 @@ TABLES = {
                   Row("finetune59", "finetune59", init="pretrain04"),
                   Row("scratch59", "finetune59")],
                  ["test/accuracy"]),
+    "masked_patch": ("configs/masked_patch_digits.py",
+                     [Row("pretrain", "pretrain"), Row("finetune", "finetune", init="pretrain"),
+                      Row("scratch", "finetune")],
+                     ["test/accuracy"]),
     "flexi": ("configs/flexivit_digits.py",
               [Row("vit8", "vit8", hidden=True),
                Row("vit8_eval", "vit8_eval", eval_of="vit8"),

@@ -1,16 +1,41 @@
-"""Fixtures shared by every test module: the digits TFDS dataset and a compilation cache."""
+"""Fixtures shared by every test module: the digits TFDS dataset and a compilation cache.
 
-import jax
-import pytest
+The whole test session (and every process it starts: they inherit the environment) compiles
+with XLA's backend optimisation level 0 (`TEST_XLA_FLAGS`): the tests run a few steps of tiny
+models, so compiling dominates their time and LLVM's optimisation passes are most of it (about
+30 % of a 3-step `vitx train` here). Only speed changes, not what is computed; tests that start
+processes with their own `XLA_FLAGS` add to `os.environ["XLA_FLAGS"]` rather than replace it.
+"""
+
+import os
+
+#: Set before jax is imported (XLA reads it when the CPU backend starts).
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A temporary folder of this test session shared by all its pytest-xdist workers (their
+    base temps' parent), so a program one worker compiled is loaded by the other from JAX's
+    persistent cache (entries are keyed by the program, devices and flags)."""
+    base = tmp_path_factory.getbasetemp()
+    d = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    d.mkdir(exist_ok=True)
+    return d
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _user_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+def _user_cache_in_tmp(shared_dir):
     """`XDG_CACHE_HOME` in a temporary folder for the whole session, so the default
     `config.compilation_cache` (`$XDG_CACHE_HOME/vitx/jax`) never writes into the real home
     cache (subprocesses inherit it)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+        mp.setenv("XDG_CACHE_HOME", str(shared_dir / "xdg_cache"))
         yield
 
 
@@ -21,6 +46,18 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     d = str(tmp_path_factory.mktemp("tfds"))
     ensure_built("digits", d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def multimodal_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A TFDS data_dir holding `digits`, `moving_digits` and `dtmf_keys` (PolyViT's image,
+    video and audio datasets), built once per test session."""
+    from vitx.data.builders import ensure_built
+
+    d = str(tmp_path_factory.mktemp("tfds_multimodal"))
+    for name in ("digits", "moving_digits", "dtmf_keys"):
+        ensure_built(name, d)
     return d
 
 
@@ -42,3 +79,39 @@ def compile_cache(tmp_path_factory: pytest.TempPathFactory):
     for n, v in old.items():
         jax.config.update(n, v)
     cc.reset_cache()
+
+
+@pytest.fixture(scope="session")
+def scenes_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A TFDS data_dir holding a small `digit_scenes` (the first 48 train / 24 test scenes of
+    the real builder's plans), built once per test session (a few seconds, not the full 40 s)."""
+    from vitx.data.builders import digit_scenes, ensure_built
+
+    d = str(tmp_path_factory.mktemp("tfds_scenes"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(digit_scenes, "SPLIT_SIZES", {"train": 48, "test": 24})
+        ensure_built("digit_scenes", d)
+    return d
+
+
+#: Test files that take longest on the 2-core machine (measured: `pytest --durations`), run
+#: first so that the two workers finish together (the short tests fill the gaps at the end).
+SLOW_FIRST = ("test_readme.py", "train/test_kill9.py", "train/test_batch_stats.py",
+              "train/test_multitask.py", "train/test_multihost.py", "sweep/",
+              "test_bad_input.py", "test_bench.py", "test_scripts.py", "test_predict.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the slow files first, and keep every test that uses a module-scoped fixture on one
+    pytest-xdist worker (`--dist loadgroup`, as `make test` runs): otherwise each worker would
+    build the same module fixture (a trained run) once more."""
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::")[0]
+        return next((i for i, s in enumerate(SLOW_FIRST) if s in path), len(SLOW_FIRST))
+    items.sort(key=rank)  # stable: the order inside a file is kept
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info else ()
+        if any(d and d[-1].scope == "module" for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

@@ -279,7 +279,8 @@ def test_batch_not_dividing_devices_in_a_real_process(data_dir, finished, tmp_pa
     workdir = str(tmp_path / "copy")
     shutil.copytree(finished, workdir)
     before = snapshot(workdir)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+                                     + " --xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     cmd = [sys.executable, "-m", "vitx.cli", "train", "--workdir", workdir,
            "--config", CONFIG_FILE, *(f"--config.{o}" for o in [*TINY, f"data_dir={data_dir}"]),

@@ -9,8 +9,9 @@ tests/data), with `.venv/bin` first on PATH, relative paths exactly as written, 
 small-step overrides appended (`SMALL`): training and benchmarks are shortened, never changed.
 A command the test must not run (the test suite itself, a pod launch) carries the comment
 `# readme-test: skip` in the README, and is skipped by that mark. A command that exits non-zero
-fails the test, with its output. The commands of one pytest worker share a persistent JAX
-compilation cache (same results; only compile time is saved).
+fails the test, with its output. The commands of all pytest workers share one persistent JAX
+compilation cache, and compile with the session's `TEST_XLA_FLAGS` (tests/conftest.py): same
+commands and results; only compile time is saved.
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def shared_tfds(tmp_path_factory) -> str:
             if not os.path.exists(os.path.join(folder, ".built")):
                 from vitx.data.builders import LOCAL_BUILDERS, ensure_built
 
-                for name in sorted(LOCAL_BUILDERS):
+                # sample_photos (3,000 JPEGs) is benchmark data: no README command reads it
+                for name in sorted(LOCAL_BUILDERS - {"sample_photos"}):
                     ensure_built(name, folder)
                 open(os.path.join(folder, ".built"), "w").close()
         finally:
@@ -152,7 +154,7 @@ def shared_tfds(tmp_path_factory) -> str:
 
 
 def _repo_copy(dst: str, tfds: str) -> str:
-    ignore = shutil.ignore_patterns(".venv", ".git", "data", "workdirs", "__pycache__",
+    ignore = shutil.ignore_patterns(".venv*", ".git", "data", "workdirs", "__pycache__",
                                     ".pytest_cache", ".ruff_cache", "*.egg-info", ".jax_cache")
     shutil.copytree(ROOT, dst, ignore=ignore)  # copy2 keeps mtimes: make sees the install
     os.symlink(os.path.join(ROOT, ".venv"), os.path.join(dst, ".venv"))
@@ -168,12 +170,11 @@ def _repo_copy(dst: str, tfds: str) -> str:
 
 @pytest.mark.parametrize("group", GROUPS, ids=[
     f"{i}-{g[0].split()[0]}-{len(g)}" for i, g in enumerate(GROUPS)])
-def test_readme_commands_run_as_written(group, shared_tfds, tmp_path, tmp_path_factory):
+def test_readme_commands_run_as_written(group, shared_tfds, shared_dir, tmp_path):
     repo = _repo_copy(str(tmp_path / "vitx"), shared_tfds)
     env = dict(os.environ, PATH=os.path.join(repo, ".venv", "bin") + os.pathsep
                + os.environ["PATH"])
-    env.pop("XLA_FLAGS", None)
-    cache = tmp_path_factory.getbasetemp() / "readme_jax_cache"  # one per pytest worker
+    cache = shared_dir / "readme_jax_cache"  # one for all pytest workers
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     for command in group:

@@ -1,9 +1,12 @@
 """`vitx train | eval | bench | export`: the command line (the top of the import graph).
 
   vitx train --config configs/vit_digits.py[:key=value,flag] --workdir DIR [--config.key=value]
-  vitx eval  --config configs/vit_digits.py --checkpoint DIR [--config.key=value ...]
+  vitx eval  --config configs/vit_digits.py --checkpoint DIR [--ema] [--config.key=value ...]
   vitx bench --config configs/vit_digits.py [--steps N] [--profile [DIR]]
-  vitx export --checkpoint DIR --output params.npz [--layout vit_jax|big_vision|vitx]
+  vitx export --checkpoint DIR --output params.npz [--layout vit_jax|big_vision|vitx] [--ema]
+  vitx export --checkpoint DIR --layout timm --output HUB_DIR   (timm / Hugging Face folder)
+  vitx info CHECKPOINT          (architecture, parameters, pretrained_cfg and its pp string)
+  vitx predict --config configs/vit_digits.py --checkpoint DIR [--task T] [--top_k 5] FILE ...
   vitx sweep --config configs/vit_digits.py --dir DIR --sweep 'config.lr=[1e-3,3e-4]' [--parallel N]
 
 Errors print one line, `vitx: error: <what>; <fix>` (no traceback; set VITX_TRACEBACK=1 for
@@ -42,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True,
                    help="WORKDIR, WORKDIR/checkpoints/STEP or file.npz, optionally :subtree")
     e.add_argument("--output", default=None, help="metrics JSON (default: next to checkpoint)")
+    e.add_argument("--ema", action="store_true",
+                   help="evaluate the EMA of the weights (config.ema); metrics <eval>_ema/...")
     b = sub.add_parser("bench", help="measure train-step throughput for a config")
     b.add_argument("--config", required=True)
     b.add_argument("--steps", type=int, default=20)
@@ -54,11 +59,30 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", required=True,
                    help="WORKDIR, WORKDIR/checkpoints/STEP or file.npz, optionally :subtree")
     x.add_argument("--output", required=True, help="the .npz file to write")
-    x.add_argument("--layout", default="vit_jax", choices=("vit_jax", "big_vision", "vitx"))
+    x.add_argument("--layout", default="vit_jax",
+                   choices=("vit_jax", "big_vision", "vitx", "timm"),
+                   help="timm: a hub folder (config.json + model.safetensors) at --output")
+    i = sub.add_parser("info", help="what a checkpoint holds (timm / HF folders: architecture, "
+                                    "pretrained_cfg and the pp string that reproduces it)")
+    i.add_argument("checkpoint", help="WORKDIR, file.npz, hub folder or .safetensors")
+    x.add_argument("--ema", action="store_true",
+                   help="write the EMA of the params (runs with config.ema)")
     x.add_argument("--task", default=None,
                    help="multi-task models (PolyViT): keep only what this task needs")
     x.add_argument("--modality", default=None,
                    help="multi-task models (PolyViT): keep only this modality and its tasks")
+    r = sub.add_parser("predict", help="top-k classes of a checkpoint for your own files "
+                                       "(images, WAV audio, video clips), as JSON lines")
+    r.add_argument("--config", required=True)
+    r.add_argument("--checkpoint", required=True,
+                   help="WORKDIR, WORKDIR/checkpoints/STEP or file.npz, optionally :subtree")
+    r.add_argument("files", nargs="+", help=".png/.jpg/.bmp/.gif, .wav, .npy or a frame folder")
+    r.add_argument("--task", action="append", help="multi-task models: answer only this task "
+                   "(repeatable; default: every task of each file's modality)")
+    r.add_argument("--top_k", type=int, default=5)
+    r.add_argument("--batch_size", type=int, default=None, help="default: the eval's")
+    r.add_argument("--output", default=None, help="JSON-lines file (default: stdout)")
+    r.add_argument("--ema", action="store_true", help="the EMA weights (config.ema runs)")
     from vitx import sweep
     sweep.add_arguments(sub.add_parser(
         "sweep", help="hyperparameter sweep: grids, random / TPE searches (Optuna), one "
@@ -119,11 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             from vitx import sweep
             return sweep.main(args, overrides)
+        if args.command == "info":
+            from vitx.utils import timm_cli
+            print(timm_cli.info(args.checkpoint))
+            return 0
         if args.command == "export":
-            from vitx.utils import checkpoints, npz
-            params, meta = checkpoints.load_params(args.checkpoint)
+            from vitx.utils import checkpoints, npz, timm_cli
+            params, meta = checkpoints.load_params(args.checkpoint, ema=args.ema)
             if args.task or args.modality:
                 params = _prune(args, params)
+            if args.layout == "timm":  # a hub folder timm.create_model("local-dir:...") loads
+                arch = timm_cli.export_checkpoint(args.checkpoint, params, meta, args.output)
+                print(f"vitx: wrote {args.checkpoint} to {args.output} (timm {arch})")
+                return 0
             npz.save_npz(args.output, params, layout=args.layout)
             print(f"vitx: wrote step {meta.get('step')} params of {args.checkpoint} to "
                   f"{args.output} ({args.layout} layout)")
@@ -140,10 +172,13 @@ def main(argv: list[str] | None = None) -> int:
                                              "need --distributed; add it")
             from vitx import experiment
             experiment.train(config, args.workdir)
+        elif args.command == "predict":
+            from vitx import predict
+            predict.main(args, config)
         elif args.command == "eval":
             from vitx import experiment
             from vitx.utils import checkpoints, write_json_atomic
-            metrics = experiment.evaluate(config, args.checkpoint)
+            metrics = experiment.evaluate(config, args.checkpoint, ema=args.ema)
             where = checkpoints.resolve(args.checkpoint)
             out = args.output or os.path.join(
                 where.workdir or os.path.dirname(where.path), "eval_metrics.json")

@@ -14,6 +14,7 @@ import numpy as np
 
 from vitx import evaluators
 from vitx.config import ConfigError
+from vitx.train import ema as ema_lib
 from vitx.train import sharding as shd
 from vitx.train import trainer
 from vitx.utils import checkpoints, tree
@@ -39,8 +40,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         raise ConfigError(str(e)) from None
 
 
-def evaluate(config: ml_collections.ConfigDict, checkpoint: str) -> dict[str, float]:
+def evaluate(config: ml_collections.ConfigDict, checkpoint: str, *, ema: bool = False
+             ) -> dict[str, float]:
     """Run every `config.evals` evaluator on the params of `checkpoint` (`vitx eval`).
+
+    With `ema`, on the checkpoint's EMA weights (`vitx.train.ema`), the metrics then named
+    "<eval name>_ema/..." as in training.
 
     `checkpoint` is any checkpoint spec (`vitx.utils.checkpoints`: a workdir, a step directory,
     a vitx / big_vision / vit_jax .npz, optionally `:subtree`), relative or absolute. Loading is
@@ -48,19 +53,19 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str) -> dict[str, fl
 
     Raises:
       FileNotFoundError: no checkpoint at that path.
-      ValueError: the checkpoint's params do not fit the config's model (names listed), or the
-        config has no evals.
+      ValueError: the checkpoint's params do not fit the config's model (names listed), the
+        config has no evals, or `ema` and the checkpoint holds no EMA.
     """
     if not config.get("evals"):
         raise ValueError("config.evals is empty; add e.g. evals.test=dict(dataset=..., "
                          "split=..., pp=...)")
-    loaded, meta = checkpoints.load_params(checkpoint)
+    loaded, meta = checkpoints.load_params(checkpoint, ema=ema)
     s = trainer.setup(config)
     abstract, _ = s.init_state(materialize=False)
     template = jax.tree.map(lambda x: np.broadcast_to(np.zeros((), x.dtype), x.shape),
                             trainer.variables_of(abstract))
     # Strict: the params (and batch statistics, if the model has them) must fit the model.
-    loaded = {"params": loaded, **checkpoints.load_model_state(checkpoint)}
+    loaded = {"params": loaded, **checkpoints.load_model_state(checkpoint, ema=ema)}
     variables = tree.merge_params(template, loaded)  # the template costs no memory
     variable_shardings = shd.tree_shardings(variables, s.mesh, list(s.run.sharding_rules))
     variables = jax.device_put(variables, variable_shardings)
@@ -68,8 +73,9 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str) -> dict[str, fl
     def context_for(name: str | None) -> dict[str, Any]:
         return dict(predict_fn=s.predict_fn_for(name), task=s.routes[name].task, mesh=s.mesh,
                     variable_shardings=variable_shardings, data_dir=s.run.data_dir,
-                    default_batch_size=s.routes[name].input.batch_size)
+                    default_batch_size=s.routes[name].input.batch_size,
+                    model=s.run.model)
     metrics: dict[str, float] = {} if meta.get("step") is None else {"step": float(meta["step"])}
     for ev in evaluators.from_config(config.evals, context_for):
-        metrics.update(ev.run(variables))
+        metrics.update(ema_lib.renamed(ev.run(variables)) if ema else ev.run(variables))
     return metrics

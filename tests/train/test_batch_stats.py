@@ -77,7 +77,8 @@ def result(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     ensure_built("digits", data_dir)
     work = str(tmp_path_factory.mktemp("bn"))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+                                     + " --xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", SCRIPT, data_dir, work], cwd=root, env=env,

@@ -155,7 +155,8 @@ ck.close()
 
 def test_load_params_of_checkpoint_saved_on_more_devices(tmp_path):
     n = jax.device_count() + 1  # more devices than this (loading) process has
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+                                     + f" --xla_force_host_platform_device_count={n}",
                JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-c", _SAVE_SHARDED, str(tmp_path / "checkpoints")],
                    env=env, check=True, timeout=120, capture_output=True)

@@ -32,7 +32,8 @@ def _free_port() -> int:
 
 def _start(workdir: str, data_dir: str, port: int, log_dir: str, tag: str) -> list:
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+                         + " --xla_force_host_platform_device_count=1")
     procs = []
     for i in range(2):
         cmd = [sys.executable, "-m", "vitx.cli", "train", "--distributed",

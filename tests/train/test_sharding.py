@@ -74,7 +74,8 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_train_step_on_8_simulated_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+                                     + " --xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], env=env,
                          capture_output=True, text=True, timeout=300)

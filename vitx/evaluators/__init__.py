@@ -6,6 +6,9 @@
     config.evals.<name> = dict(type="classification", task="video_direction", ...)  # multi-task
     config.evals.<name> = dict(type="fewshot_linear", train_split=..., test_split=..., shots=...)
     config.evals.<name> = dict(type="knn", train_split=..., test_split=..., k=20)
+    config.evals.<name> = dict(type="assemblenet_graph", prune=None)  # connection/peer weights
+    config.evals.<name> = dict(type="detection", dataset="digit_scenes", ...)  # COCO mAP
+    config.evals.<name> = dict(type="segmentation", dataset="digit_scenes", ...)  # mIoU
 
 Every evaluator receives an `EvalContext`: a predict function `(variables, batch, **static_kw)
 -> (logits, aux)` (big_vision's `predict_fn` convention; variables: {"params": ..., plus state
@@ -29,10 +32,13 @@ import ml_collections
 __all__ = ["EVALUATORS", "EvalContext", "from_config"]
 
 EVALUATORS = {
+    "assemblenet_graph": "vitx.evaluators.assemblenet_graph",
     "classification": "vitx.evaluators.classification",
+    "detection": "vitx.evaluators.detection",
     "fewshot_linear": "vitx.evaluators.fewshot",
     "knn": "vitx.evaluators.knn",
     "per_patch_size": "vitx.evaluators.per_patch_size",
+    "segmentation": "vitx.evaluators.segmentation",
 }
 
 
@@ -50,6 +56,8 @@ class EvalContext:
       data_dir: TFDS data_dir.
       default_batch_size: the batch size of evals that set none.
       workdir: where evaluators may write files (plots), or None.
+      model: the run's `vitx.train.run_config.ModelConfig` (`name`, `num_classes`, `cfg` =
+        config.model, e.g. an AssembleNet's graph), or None.
     """
 
     predict_fn: Callable[..., tuple[jax.Array, dict[str, Any]]]
@@ -59,6 +67,7 @@ class EvalContext:
     data_dir: str | None
     default_batch_size: int
     workdir: str | None = None
+    model: Any = None
 
 
 def from_config(evals: ml_collections.ConfigDict | None,

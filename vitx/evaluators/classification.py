@@ -42,10 +42,11 @@ class Evaluator:
         task, predict = ctx.task, ctx.predict_fn
 
         def sums(variables: Any, batch: dict, **model_kw: Any) -> dict:
-            logits, _ = predict(variables, batch, **model_kw)
+            logits, aux = predict(variables, batch, **model_kw)
             mask = batch.get(pipeline.MASK_KEY, jnp.ones(logits.shape[:1])).astype(jnp.float32)
-            return {"correct": jnp.sum(task.correct(logits, batch) * mask),
-                    "loss": jnp.sum(task.loss(logits, batch) * mask),
+            kw = steps.aux_kw(task, aux)  # e.g. masked patch prediction's patch_mask
+            return {"correct": jnp.sum(task.correct(logits, batch, **kw) * mask),
+                    "loss": jnp.sum(task.loss(logits, batch, **kw) * mask),
                     "count": jnp.sum(mask)}
         self.cache = steps.StepCache(
             lambda plan: functools.partial(sums, **dict(plan)),

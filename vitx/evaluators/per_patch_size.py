@@ -4,8 +4,11 @@
                              dataset="digits", split="test", pp="...")
 
 Metrics `<name>/accuracy@<p>` and `<name>/loss@<p>` per size, `<name>/accuracy` (the mean over
-the sizes) and `<name>/accuracy_best`. At the end of training (`final=True`) it writes
-`<name>_accuracy_vs_patch_size.png` into the workdir. Each size is one compiled program.
+the sizes) and `<name>/accuracy_best`. With `patch_strides` (one per size, None = the size; the
+training schedule's (size, stride) pairs, FlexiViT claim 3) a strided pair reports as
+`<name>/accuracy@<p>s<s>` (e.g. `accuracy@8s4`; the plot shows the non-overlapping sizes).
+At the end of training (`final=True`) it writes `<name>_accuracy_vs_patch_size.png` into the
+workdir. Each size (pair) is one compiled program.
 
 Source: Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023, Sec. 3 and Fig. 3.
 """
@@ -20,7 +23,7 @@ import numpy as np
 
 from vitx.evaluators import EvalContext, classification
 from vitx.utils import plots
-from vitx.utils.patch_sizes import validate_patch_sizes
+from vitx.utils.patch_sizes import check_patch_strides, scheme_name, validate_patch_sizes
 
 
 class Evaluator(classification.Evaluator):
@@ -34,19 +37,27 @@ class Evaluator(classification.Evaluator):
     def __init__(self, name: str, cfg: ml_collections.ConfigDict, ctx: EvalContext):
         super().__init__(name, cfg, ctx)
         self.patch_sizes = list(cfg.get("patch_sizes") or [])
-        validate_patch_sizes(self.patch_sizes, self.input_shape[:2],
-                             key=f"evals.{name}.patch_sizes")
+        strides = cfg.get("patch_strides")
+        if strides is None:
+            validate_patch_sizes(self.patch_sizes, self.input_shape[:2],
+                                 key=f"evals.{name}.patch_sizes")
+        self.patch_strides = (check_patch_strides(self.patch_sizes, strides, self.input_shape[:2],
+                                                  key=f"evals.{name}.patch_strides")
+                              if strides is not None else (None,) * len(self.patch_sizes))
 
     def run(self, variables: Any, *, final: bool = False) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        for ps in self.patch_sizes:
-            res = self.evaluate(variables, (("patch_size", ps),))
-            metrics[f"{self.name}/accuracy@{ps}"] = res["accuracy"]
-            metrics[f"{self.name}/loss@{ps}"] = res["loss"]
-        accs = [metrics[f"{self.name}/accuracy@{p}"] for p in self.patch_sizes]
+        names = []
+        for ps, st in zip(self.patch_sizes, self.patch_strides, strict=True):
+            static = (("patch_size", ps),) + ((("patch_stride", st),) if st is not None else ())
+            res = self.evaluate(variables, static)
+            names.append(scheme_name(ps, st))
+            metrics[f"{self.name}/accuracy@{names[-1]}"] = res["accuracy"]
+            metrics[f"{self.name}/loss@{names[-1]}"] = res["loss"]
+        accs = [metrics[f"{self.name}/accuracy@{n}"] for n in names]
         metrics[f"{self.name}/accuracy"] = float(np.mean(accs))
         metrics[f"{self.name}/accuracy_best"] = max(accs)
-        if final and self.ctx.workdir:
+        if final and self.ctx.workdir and any(n.isdigit() for n in names):  # strided: no plot
             self.plot(metrics)
         return metrics
 

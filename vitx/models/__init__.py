@@ -18,6 +18,7 @@ import flax.linen as nn
 
 MODELS = {
     "vit": "vitx.models.vit",
+    "vit_rel": "vitx.models.vit_rel",  # ViT_REL (CoAtNet Table 3)
     "flexivit": "vitx.models.flexi",
     "resnet": "vitx.models.resnet",
     "hybrid": "vitx.models.hybrid",
@@ -25,6 +26,7 @@ MODELS = {
     "coatnet": "vitx.models.coatnet",
     "assemblenet": "vitx.models.assemblenet",
     "polyvit": "vitx.models.polyvit",
+    "dense": "vitx.models.dense",
 }
 
 

@@ -278,7 +278,8 @@ class _CoAtNet(nn.Module):
     (before the head), `bn_momentum` (0.9), `bn_axis_name` (cross-replica BN inside
     shard_map / pmap), `dtype_mm` (conv / dense compute dtype; params float32).
 
-    aux: "stem" (B, H/2, W/2, D0), "stage{s}" (B, H/S_s, W/S_s, D_s), "pre_logits" (B, D4 or
+    aux: "stem" (B, H/2, W/2, D0), "stage{s}" (B, H/S_s, W/S_s, D_s), "token_map" (= the last
+    stage's, (B, H/S, W/S, D4), the input of dense heads), "pre_logits" (B, D4 or
     representation_size), "logits" (with num_classes).
 
     Source: CoAtNet, NeurIPS 2021, Sec. 2.2; Sec. 4.1, Table 3.
@@ -335,6 +336,7 @@ class _CoAtNet(nn.Module):
                        name=f"stage{s + 1}")(x, train=train)
             start += n
             out[f"stage{s + 1}"] = x
+        out["token_map"] = x  # (B, h, w, D4): the last stage's tokens, for dense heads
         x = nn.LayerNorm(name="norm")(jnp.mean(x, axis=(1, 2)))
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits")(x))

@@ -42,7 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitx.models import layers, resize, vit
+from vitx.models import layers, posemb, resize, strided, vit
 from vitx.utils import pair as _pair
 
 Array = jax.Array
@@ -73,10 +73,14 @@ class FlexiPatchEmbed(nn.Module):
     impl: str = "matmul"
 
     @nn.compact
-    def __call__(self, x: Array, patch_size: tuple[int, int]) -> Array:
+    def __call__(self, x: Array, patch_size: tuple[int, int],
+                 stride: tuple[int, int] | None = None) -> Array:
         ph, pw = patch_size
         h, w, c = x.shape[1:]
-        if h % ph or w % pw:
+        if stride is not None:  # overlapping patches (claim 3): ((H - p) // s + 1) tokens a side
+            strided.check_image((h, w), (ph, pw), stride, f"patch_size={(ph, pw)}, "
+                                f"patch_stride={tuple(stride)}")
+        elif h % ph or w % pw:
             raise ValueError(f"patch_size={(ph, pw)} does not divide the image size {h}x{w}; use a "
                              f"patch size that divides both sides (or resize the images)")
         base = _pair(self.base_patch_size, "model.base_patch_size")
@@ -85,7 +89,7 @@ class FlexiPatchEmbed(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         kernel = resize.pi_resize_patch_kernel(kernel, (ph, pw), self.resize_method)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return layers.patchify(x, kernel, bias, self.impl)
+        return strided.patchify(x, kernel, bias, stride or (ph, pw), self.impl)
 
 
 class _FlexiViT(vit.VisionTransformer):
@@ -121,7 +125,12 @@ class _FlexiViT(vit.VisionTransformer):
             return _pair(self.patch_size, "model.patch_size")
         return _pair(patch_size, "patch_size")
 
-    def embed_patches(self, x: Array, patch_size: Any = None, **kw: Any) -> Array:
+    def _patch_stride(self, patch_stride: Any) -> tuple[int, int] | None:
+        stride = self.patch_stride if patch_stride is None else patch_stride
+        return None if stride is None else _pair(stride, "patch_stride")
+
+    def embed_patches(self, x: Array, patch_size: Any = None, patch_stride: Any = None,
+                      **kw: Any) -> Array:
         """(B, H, W, C) -> (B, H/ph, W/pw, D): PI-resized base kernel, stride = patch size.
 
         Source: FlexiViT Sec. 3.4. Raises ValueError if the patch size does not divide H, W.
@@ -130,7 +139,7 @@ class _FlexiViT(vit.VisionTransformer):
                                resize_method=self.resize_method,
                                dtype=layers.dtype_of(self.dtype_mm), impl=self.patch_embed,
                                name="embedding")(
-            x, self._patch_size(patch_size))
+            x, self._patch_size(patch_size), self._patch_stride(patch_stride))
 
     def add_posemb(self, x: Array, grid: tuple[int, int], patch_size: Any = None,
                    **kw: Any) -> Array:
@@ -141,6 +150,8 @@ class _FlexiViT(vit.VisionTransformer):
         directly at (gh, gw). Source: FlexiViT Sec. 3 (posemb resized to the token grid).
         """
         n, d = x.shape[1:]
+        if self.posemb in posemb.EXTRA_TYPES:  # learn_2d: one stored grid, resized per axis
+            return posemb.add(self, x, grid, self.posemb, self.posemb_grid, self.resize_method)
         if self.posemb == "learn":
             g0 = _pair(self.posemb_grid, "model.posemb_grid")
             pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
@@ -155,8 +166,10 @@ class _FlexiViT(vit.VisionTransformer):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False,
-                 patch_size: int | Sequence[int] | None = None) -> tuple[Array, dict]:
-        return super().__call__(x, train=train, patch_size=self._patch_size(patch_size))
+                 patch_size: int | Sequence[int] | None = None,
+                 patch_stride: int | Sequence[int] | None = None) -> tuple[Array, dict]:
+        return super().__call__(x, train=train, patch_size=self._patch_size(patch_size),
+                                patch_stride=self._patch_stride(patch_stride))
 
 
 def Model(num_classes: int | None = 1000, *, variant: str | None = None, **kw: Any) -> nn.Module:  # noqa: N802

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitx.models import relative
+
 Array = jax.Array
 Dtype = Any
 
@@ -35,6 +37,20 @@ REMAT_POLICIES = {
 
 PATCH_EMBED_IMPLS = ("matmul", "conv")
 ATTENTION_IMPLS = ("auto", "bhnd", "einsum", "jax")
+GELU_TYPES = ("tanh", "exact")
+
+
+def gelu(x: Array, kind: str = "tanh") -> Array:
+    """GELU of `kind` "tanh" (approximation; Google's ViTs) or "exact" (erf; timm's ViTs).
+
+    Source: Hendrycks & Gimpel, "Gaussian Error Linear Units", 2016, Sec. 2 (both forms).
+
+    Raises:
+      ValueError: an unknown `kind` (naming model.gelu).
+    """
+    if kind not in GELU_TYPES:
+        raise ValueError(f"model.gelu={kind!r} is unknown; use one of {GELU_TYPES}")
+    return nn.gelu(x, approximate=kind == "tanh")
 
 
 def dtype_of(name: str | Any) -> Any:
@@ -177,11 +193,17 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0,
 
 
 class MlpBlock(nn.Module):
-    """Dense(mlp_dim) -> GELU -> dropout -> Dense(D). Input/output (B, N, D)."""
+    """Dense(mlp_dim) -> GELU -> dropout -> Dense(D). Input/output (B, N, D).
+
+    `gelu`: "tanh" (the tanh approximation, Google's ViT / big_vision weights; the default) or
+    "exact" (erf, PyTorch's `nn.GELU()`: timm / Hugging Face weights); see `GELU_TYPES`.
+    Source: Hendrycks & Gimpel, "Gaussian Error Linear Units", 2016, Sec. 2 (both forms).
+    """
 
     mlp_dim: int | None = None  # defaults to 4 * D
     dropout: float = 0.0
     dtype_mm: Dtype = jnp.float32
+    gelu: str = "tanh"
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
@@ -189,7 +211,7 @@ class MlpBlock(nn.Module):
                      bias_init=nn.initializers.normal(stddev=1e-6))
         d = x.shape[-1]
         x = nn.Dense(self.mlp_dim or 4 * d, dtype=self.dtype_mm, **inits)(x)
-        x = nn.gelu(x)
+        x = gelu(x, self.gelu)
         x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
         return nn.Dense(d, dtype=self.dtype_mm, **inits)(x)
 
@@ -238,6 +260,9 @@ class Encoder1DBlock(nn.Module):
     attention_impl: str = "auto"
     drop_path: float = 0.0
     attention_dropout: float = 0.0
+    rel_grid: tuple[int, int] | None = None  # ViT_REL token grid (`relative.vit_bias`)
+    gelu: str = "tanh"  # MlpBlock's GELU ("tanh" | "exact")
+    rel_table_grid: tuple[int, int] | None = None  # its stored table's grid (default rel_grid)
 
     def _drop_branch(self, y: Array, rate: float | Array, deterministic: bool) -> Array:
         """y (B, ...) with each example zeroed w.p. `rate`, else scaled by 1 / (1 - rate)."""
@@ -257,12 +282,13 @@ class Encoder1DBlock(nn.Module):
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(),
             deterministic=deterministic, dtype=self.dtype_mm, dropout_rate=self.attention_dropout,
-            attention_fn=attention_fn(self.attention_impl))(y, y)
+            attention_fn=relative.block_attention_fn(
+                self, x.shape[1], attention_fn(self.attention_impl)))(y, y)
         y = nn.Dropout(rate=self.dropout)(y, deterministic)
         x = x + self._drop_branch(y, rate, deterministic)
         y = nn.LayerNorm()(x)
-        y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout, dtype_mm=self.dtype_mm)(
-            y, train=not deterministic)
+        y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout, dtype_mm=self.dtype_mm,
+                     gelu=self.gelu)(y, train=not deterministic)
         y = nn.Dropout(rate=self.dropout)(y, deterministic)
         x = x + self._drop_branch(y, rate, deterministic)
         return x, None  # (carry, per-layer output) so the block can be nn.scan'ed
@@ -291,14 +317,18 @@ class Encoder(nn.Module):
     dtype_mm: Dtype = jnp.float32
     attention_impl: str = "auto"
     final_norm: bool = True
+    gelu: str = "tanh"  # the blocks' GELU ("tanh" | "exact", `gelu`)
     drop_path: float | tuple[float, ...] = 0.0
     attention_dropout: float = 0.0
+    rel_grid: tuple[int, int] | None = None
+    rel_table_grid: tuple[int, int] | None = None
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
                         dtype_mm=self.dtype_mm, attention_impl=self.attention_impl,
-                        attention_dropout=self.attention_dropout)
+                        attention_dropout=self.attention_dropout, gelu=self.gelu,
+                        rel_grid=self.rel_grid, rel_table_grid=self.rel_table_grid)
         rates = drop_path_rates(self.drop_path, self.depth)
         block = Encoder1DBlock
         if self.remat_policy is not None:
@@ -331,6 +361,7 @@ class MAPHead(nn.Module):
     num_heads: int = 12
     dtype_mm: Dtype = jnp.float32
     attention_impl: str = "auto"
+    gelu: str = "tanh"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -341,7 +372,7 @@ class MAPHead(nn.Module):
             num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(),
             dtype=self.dtype_mm, attention_fn=attention_fn(self.attention_impl))(probe, x)
         y = nn.LayerNorm()(x)
-        x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm)(y)
+        x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm, gelu=self.gelu)(y)
         return x[:, 0]
 
 

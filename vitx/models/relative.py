@@ -151,3 +151,103 @@ class RelativeAttention(nn.Module):
             attn = jax.nn.softmax(logits, axis=-1) + bias
         y = jnp.einsum("bhqk,bkhd->bqhd", attn.astype(v.dtype), v)
         return dense(self.features, name="proj")(jnp.reshape(y, (b, n, self.features)))
+
+
+# ------------------------------------------------------------------------------------------------
+# ViT_REL: the same table inside the ViT family's encoder blocks (`model.attention="relative"`).
+
+#: `model.attention` of the ViT family: "standard" (softmax(q k^T / sqrt(d)), ViT Sec. 3.1) or
+#: "relative" (+ a learned relative bias per head, CoAtNet's ViT_REL, Sec. 2.1 and Table 3).
+VIT_ATTENTIONS = ("standard", "relative")
+
+
+def check_attention(value: Any) -> None:
+    """Raises a one-line ValueError naming `model.attention` unless it is in `VIT_ATTENTIONS`."""
+    if value is not None and value not in VIT_ATTENTIONS:
+        raise ValueError(f"model.attention={value!r} is unknown; use one of {VIT_ATTENTIONS}")
+
+
+def vit_bias(module: nn.Module, heads: int, n_tokens: int, grid: Sequence[int],
+             table_grid: Sequence[int] | None = None, method: str = "bilinear") -> Array:
+    """The relative bias of one ViT encoder block: (1, heads, N, N), N = T + H * W tokens.
+
+    Creates `module`'s param `rel_table` (heads, 2H0-1, 2W0-1) (normal 0.02, as
+    `RelativeAttention`) for the stored grid `table_grid` = (H0, W0) (default: `grid`), resized
+    to the token grid `grid` = (H, W) with `resize_rel_table` when they differ (FlexiViT: one
+    stored table for every patch size). The T = N - H * W leading (class) tokens get a zero bias
+    towards and from every token. Call from a compact method of `module`. Float32.
+
+    Source: CoAtNet (Dai et al., NeurIPS 2021) Sec. 2.1, eq. 3 (pre-softmax w_{i-j}) and Table
+    3 (ViT_REL: ViT with this relative attention).
+
+    Raises:
+      ValueError: N < H * W (the tokens do not hold the grid).
+    """
+    h, w = pair(tuple(grid), "grid")
+    h0, w0 = pair(tuple(table_grid or grid), "table_grid")
+    prefix = n_tokens - h * w
+    if prefix < 0:
+        raise ValueError(f"{n_tokens} tokens do not hold the {h}x{w} grid of the relative bias")
+    table = module.param("rel_table", nn.initializers.normal(stddev=0.02),
+                         (heads, 2 * h0 - 1, 2 * w0 - 1), jnp.float32)
+    bias = relative_bias(resize_rel_table(table, (h, w), method=method), (h, w))
+    return jnp.pad(bias, ((0, 0), (prefix, 0), (prefix, 0)))[None]
+
+
+def with_bias(fn: Any, rel_bias: Array) -> Any:
+    """An `attention_fn` (flax signature, e.g. `layers.attention_fn(impl)`) that adds
+    `rel_bias` (1, heads, N, N) to the attention logits before the softmax (cast to the query
+    dtype; added to any bias the caller passes)."""
+
+    def biased(query: Array, key: Array, value: Array, bias: Array | None = None,
+               mask: Array | None = None, dropout_rng: Array | None = None,
+               dropout_rate: float = 0.0, broadcast_dropout: bool = True,
+               deterministic: bool = True, dtype: Any = None, **kw: Any) -> Array:
+        b = rel_bias.astype(query.dtype)
+        return fn(query, key, value, bias=b if bias is None else bias + b, mask=mask,
+                  dropout_rng=dropout_rng, dropout_rate=dropout_rate,
+                  broadcast_dropout=broadcast_dropout, deterministic=deterministic, dtype=dtype,
+                  **kw)
+
+    return biased
+
+
+def block_attention_fn(module: nn.Module, n_tokens: int, fn: Any) -> Any:
+    """`fn` for an encoder block without `module.rel_grid`; with it, `fn` plus the block's
+    relative bias (`vit_bias`, table grid `module.rel_table_grid`)."""
+    if getattr(module, "rel_grid", None) is None:
+        return fn
+    return with_bias(fn, vit_bias(module, module.num_heads, n_tokens, module.rel_grid,
+                                  getattr(module, "rel_table_grid", None)))
+
+
+def adapt_rel_table(name: str, value: Any, ref_shape: Sequence[int],
+                    method: str = "bilinear") -> Any | None:
+    """Fine-tune surgery of a ViT_REL checkpoint: `.../rel_table` (heads, 2H-1, 2W-1) (or
+    (depth, heads, 2H-1, 2W-1) with `scan`) resized to `ref_shape` (the new model's) with
+    `resize_rel_table`; None when `name` is no rel_table or the shapes differ otherwise."""
+    shape, ref_shape = tuple(np.shape(value)), tuple(ref_shape)
+    if (not name.endswith("rel_table") or len(shape) != len(ref_shape) or len(shape) not in (3, 4)
+            or shape[:-2] != ref_shape[:-2]):
+        return None
+    new_hw = ((ref_shape[-2] + 1) // 2, (ref_shape[-1] + 1) // 2)
+    if len(shape) == 3:
+        return resize_rel_table(value, new_hw, method=method)
+    return jnp.stack([resize_rel_table(v, new_hw, method=method) for v in value])
+
+
+def encoder_kw(module: nn.Module, grid: Sequence[int]) -> dict[str, Any]:
+    """`layers.Encoder`'s relative-bias fields for a ViT-family `module` on token grid `grid`:
+    {} for `attention="standard"`; for "relative" the grid and the stored table's grid (a
+    FlexiViT's `posemb_grid`, so one table serves every patch size; else `grid`).
+
+    Raises:
+      ValueError: an unknown `model.attention`.
+    """
+    check_attention(module.attention)
+    if module.attention != "relative":
+        return {}
+    grid = pair(tuple(grid), "grid")
+    stored = getattr(module, "posemb_grid", None)
+    return dict(rel_grid=grid, rel_table_grid=pair(tuple(stored), "model.posemb_grid")
+                if stored is not None else grid)

@@ -8,13 +8,16 @@ Scale", ICLR 2021, Sec. 3.1 (patch embedding, cls token, posemb, pre-LN encoder,
 Parameter tree (big_vision layout):
 
     embedding/{kernel (P, P, C, D), bias (D,)}
-    cls (1, 1, D)                               # pool_type == "tok" only
+    cls (1, 1, D)                               # pool_type == "tok" (or cls_token=True) only
     pos_embedding (1, N, D)                     # posemb == "learn" only; N = (H/P) * (W/P)
+    pos_embedding_{x,y} (1, W/P | H/P, D/2)     # posemb == "learn_2d" (vitx.models.posemb)
     Transformer/encoderblock_{i}/...            # or Transformer/encoderblock/... with scan
+    Transformer/encoderblock_{i}/rel_table      # attention == "relative" (ViT_REL, relative.py)
     Transformer/encoder_norm/{scale, bias}
     MAPHead_0/...                               # pool_type == "map" only
     pre_logits/{kernel, bias}                   # representation_size set only
     head/{kernel (D, num_classes), bias}
+    masked_patch/mask_embedding (1, 1, D)       # masked_patch_rate > 0 (then the head is per patch)
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitx.models import layers, resize, surgery
+from vitx.models import layers, masked_patch, posemb, relative, resize, strided, surgery
 from vitx.utils import checkpoints, npz, pair, tree
 
 Array = jax.Array
@@ -53,7 +56,7 @@ WIDTHS = {
     "G": (1664, 48, 8192, 16),
 }
 POOL_TYPES = ("tok", "gap", "map")
-POSEMB_TYPES = ("learn", "sincos2d")
+POSEMB_TYPES = posemb.POSEMB_TYPES  # learn_2d, none: vitx.models.posemb
 
 
 def decode_variant(variant: str | None) -> dict[str, Any]:
@@ -80,7 +83,9 @@ def decode_variant(variant: str | None) -> dict[str, Any]:
 class VisionTransformer(nn.Module):
     """ViT. Input images (B, H, W, C) in [-1, 1]; returns (logits (B, num_classes), aux dict).
 
-    aux holds "encoded" (B, N(+1), D), "pre_logits" (B, D) and, with num_classes, "logits".
+    aux holds "encoded" (B, N(+1), D), "token_map" (B, h, w, D) (the N = h * w patch tokens
+    on their grid, without cls: the input of dense heads), "pre_logits" (B, D) and, with
+    num_classes, "logits".
 
     Speed knobs (same math; results equal up to float summation order, tested):
       patch_embed: "matmul" (default; patches reshaped and multiplied by the conv kernel, ~10x
@@ -95,8 +100,14 @@ class VisionTransformer(nn.Module):
         Sec. 3; 0.1 in DeiT, Touvron et al. 2021, Table 9), also with `scan=True`.
       attention_dropout: dropout on the attention weights.
 
+    Variants (issue 20): `attention="relative"` adds a learned (2h-1)x(2w-1) bias table per head
+    and block (CoAtNet's ViT_REL, `relative.vit_bias`); `patch_stride` s < P gives overlapping
+    patches, ((H - P) // s + 1) tokens a side (`strided`); `posemb` "learn_2d" / "none" (ViT
+    App. D.4, `posemb`); `cls_token` switches the class token independently of pooling.
+
     Raises:
-      ValueError: H or W not divisible by the patch size; unknown posemb/pool_type.
+      ValueError: H or W not divisible by the patch size (or not tiled by the strided patches);
+        unknown posemb/pool_type/attention; cls_token=False with pool_type "tok".
     """
 
     num_classes: int | None = 1000
@@ -117,11 +128,20 @@ class VisionTransformer(nn.Module):
     attention_impl: str = "auto"
     drop_path: float = 0.0
     attention_dropout: float = 0.0
+    gelu: str = "tanh"  # MLP activation: "tanh" (Google's weights) or "exact" (timm's)
+    masked_patch_rate: float = 0.0  # > 0: masked patch prediction (vitx.models.masked_patch)
+    attention: str = "standard"  # "relative": ViT_REL (vitx.models.relative.vit_bias)
+    patch_stride: Sequence[int] | None = None  # overlapping patches (vitx.models.strided)
+    cls_token: bool | None = None  # None: a class token iff pool_type == "tok"
 
     def embed_patches(self, x: Array, **kw: Any) -> Array:
         """(B, H, W, C) -> (B, H/P, W/P, D) with a conv of kernel = stride = P (ViT eq. 1)."""
         ph, pw = self.patch_size
         h, w = x.shape[1:3]
+        if self.patch_stride is not None:  # overlapping patches: ((H - P) // s + 1) tokens a side
+            return strided.StridedPatchEmbed(
+                self.width, (ph, pw), pair(self.patch_stride, "model.patch_stride"),
+                dtype=layers.dtype_of(self.dtype_mm), impl=self.patch_embed, name="embedding")(x)
         if h % ph or w % pw:
             raise ValueError(f"model.patch_size={tuple(self.patch_size)} does not divide the image "
                              f"size {h}x{w}; choose a patch size that divides it or resize the "
@@ -132,6 +152,8 @@ class VisionTransformer(nn.Module):
     def add_posemb(self, x: Array, grid: tuple[int, int], **kw: Any) -> Array:
         """Add the position embedding to patch tokens (B, N, D), N = grid[0] * grid[1]."""
         n, d = x.shape[1:]
+        if self.posemb in posemb.EXTRA_TYPES:
+            return posemb.add(self, x, grid, self.posemb)
         if self.posemb == "learn":
             pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, n, d),
                             jnp.float32)
@@ -147,11 +169,14 @@ class VisionTransformer(nn.Module):
         x = self.embed_patches(x, **kw)
         b, gh, gw, d = x.shape
         x = jnp.reshape(x, [b, gh * gw, d])
+        if self.masked_patch_rate:  # corrupt patch embeddings (ViT Sec. 4.6)
+            x, out["patch_mask"] = masked_patch.Corruption(
+                self.masked_patch_rate, name="masked_patch")(x, train=train)
         x = self.add_posemb(x, (gh, gw), **kw)
         if self.pool_type not in POOL_TYPES:
             raise ValueError(f"model.pool_type={self.pool_type!r} is unknown; use one of "
                              f"{POOL_TYPES}")
-        if self.pool_type == "tok":
+        if posemb.use_cls(self.cls_token, self.pool_type):
             cls = self.param("cls", nn.initializers.zeros, (1, 1, d), x.dtype)
             x = jnp.concatenate([jnp.tile(cls, [b, 1, 1]), x], axis=1)
         x = nn.Dropout(rate=self.dropout)(x, not train)
@@ -160,16 +185,22 @@ class VisionTransformer(nn.Module):
             dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
             dtype_mm=layers.dtype_of(self.dtype_mm), attention_impl=self.attention_impl,
             drop_path=self.drop_path, attention_dropout=self.attention_dropout,
-            name="Transformer")(x, train=train)
+            **relative.encoder_kw(self, (gh, gw)),
+            gelu=self.gelu, name="Transformer")(x, train=train)
         out["encoded"] = x
+        out["token_map"] = jnp.reshape(x[:, -gh * gw:], [b, gh, gw, x.shape[-1]])  # patch tokens
+        if self.masked_patch_rate:  # per-patch logits (B, N, K) of the N patch tokens
+            x = nn.Dense(self.num_classes, name="head", kernel_init=nn.initializers.zeros)(
+                x[:, -gh * gw:])
+            return x, {**out, "logits": x}
         if self.pool_type == "tok":
             x = x[:, 0]
         elif self.pool_type == "gap":
-            x = jnp.mean(x, axis=1)
+            x = jnp.mean(x[:, -gh * gw:], axis=1)  # patch tokens only
         else:
             x = layers.MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                                dtype_mm=layers.dtype_of(self.dtype_mm),
-                               attention_impl=self.attention_impl)(x)
+                               attention_impl=self.attention_impl, gelu=self.gelu)(x)
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits")(x))
         out["pre_logits"] = x
@@ -221,6 +252,8 @@ class ViTCfg:
       drop_path: stochastic-depth rate of the last encoder block, in [0, 1) (linear in depth,
         `layers.drop_path_rates`).
       attention_dropout: dropout rate on the attention weights, in [0, 1).
+      gelu: the MLP's GELU, one of `layers.GELU_TYPES` ("tanh": Google's weights, the model's
+        default; "exact": timm's, set from a timm checkpoint by `vitx.utils.timm_hub`).
 
     Source: Dosovitskiy et al., ICLR 2021, Sec. 3.1 (patches of P x P pixels, D-wide encoder
     with multi-head attention); Huang et al., ECCV 2016, Sec. 3 (stochastic depth).
@@ -240,6 +273,10 @@ class ViTCfg:
     attention_impl: str | None = None
     drop_path: float | None = None
     attention_dropout: float | None = None
+    gelu: str | None = None
+    attention: str | None = None
+    posemb: str | None = None
+    patch_stride: Any = None
 
     def __post_init__(self) -> None:
         width, heads = self.width, self.num_heads
@@ -253,7 +290,8 @@ class ViTCfg:
                 raise ValueError(f"model.dtype_mm={self.dtype_mm!r} is not a dtype; use e.g. "
                                  f"'float32' or 'bfloat16'") from None
         for key, known in (("patch_embed", layers.PATCH_EMBED_IMPLS),
-                           ("attention_impl", layers.ATTENTION_IMPLS)):
+                           ("attention_impl", layers.ATTENTION_IMPLS),
+                           ("gelu", layers.GELU_TYPES)):
             value = getattr(self, key)
             if value is not None and value not in known:
                 raise ValueError(f"model.{key}={value!r} is unknown; use one of {known}")
@@ -261,6 +299,11 @@ class ViTCfg:
             object.__setattr__(self, "patch_size", pair(self.patch_size, "model.patch_size"))
         for key in ("drop_path", "attention_dropout"):
             check_rate(getattr(self, key), f"model.{key}")
+        relative.check_attention(self.attention)
+        posemb.check_posemb(self.posemb, width)
+        if self.patch_stride is not None and self.patch_size is not None:
+            object.__setattr__(self, "patch_stride", strided.check_stride(self.patch_size,
+                                                                          self.patch_stride))
 
     @classmethod
     def from_config(cls, model_cfg: Mapping[str, Any], *, patch: bool = True) -> ViTCfg:
@@ -281,7 +324,9 @@ class ViTCfg:
                    patch_embed=model_cfg.get("patch_embed"),
                    attention_impl=model_cfg.get("attention_impl"),
                    drop_path=model_cfg.get("drop_path"),
-                   attention_dropout=model_cfg.get("attention_dropout"))
+                   attention_dropout=model_cfg.get("attention_dropout"),
+                   **{k: model_cfg.get(k) for k in ("attention", "posemb", "patch_stride")},
+                   gelu=model_cfg.get("gelu"))
 
 
 def check_input(model_cfg: Mapping[str, Any], shape: Sequence[int]) -> None:
@@ -299,6 +344,11 @@ def check_input(model_cfg: Mapping[str, Any], shape: Sequence[int]) -> None:
         return
     ph, pw = cfg.patch_size
     h, w = shape[:2]
+    if cfg.patch_stride is not None:  # overlapping: ((H - P) // s + 1) tokens a side
+        return strided.check_image(shape, cfg.patch_size, cfg.patch_stride,
+                                   f"model.variant={cfg.variant!r}, model.patch_size="
+                                   f"{model_cfg.get('patch_size')!r}, model.patch_stride="
+                                   f"{model_cfg.get('patch_stride')!r}")
     if h % ph or w % pw:
         divisors = [p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0]
         raise ValueError(
@@ -404,7 +454,9 @@ def adapt_params(init: Mapping[str, Any], loaded: Mapping[str, Any], *,
             logger.info("vit.load: embedding/kernel %s -> %s (PI-resize, %s)",
                         shape, ref_shape, patch_method)
             return resize.pi_resize_patch_kernel(jnp.asarray(value), ref_shape[:2], patch_method)
-        return None
+        out = relative.adapt_rel_table(name, value, ref_shape, posemb_method)  # ViT_REL tables
+        return out if out is not None else posemb.adapt_learn_2d(name, value, ref_shape,
+                                                                 posemb_method)
 
     return tree.merge_params(init, loaded, dont_load=dont_load, adapt=adapter)
 

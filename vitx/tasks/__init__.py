@@ -10,6 +10,9 @@ A task module defines `Task(num_classes, **cfg)` with
     correct(logits, batch) -> per-example 0/1 top-1 hit (B,) (accuracy's numerator)
     predict(logits) -> per-class scores (B, K) (probabilities)
 
+A task whose `reads_aux` is True gets the model's aux dict too: `loss(logits, batch, aux=aux)`,
+`correct(logits, batch, aux=aux)` (masked patch prediction reads `aux["patch_mask"]`).
+
 Batches are dicts with whatever keys the data has (`image`, `video`, `audio`, `label`, ...); the
 task alone names the keys it reads, so no step or pipeline hard-codes them. Add a task: write
 `vitx/tasks/<name>.py` with a `Task` class and list it in `TASKS`.
@@ -17,6 +20,7 @@ task alone names the keys it reads, so no step or pipeline hard-codes them. Add 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +30,9 @@ __all__ = ["TASKS", "get_task"]
 TASKS = {
     "classification": "vitx.tasks.classification",
     "multilabel": "vitx.tasks.multilabel",
+    "detection": "vitx.tasks.detection",
+    "segmentation": "vitx.tasks.segmentation",
+    "masked_patch": "vitx.tasks.masked_patch",
 }
 
 
@@ -41,7 +48,10 @@ def get_task(task_cfg: Mapping[str, Any] | None, num_classes: int) -> Any:
         cfg["inputs"] = tuple(cfg["inputs"])
     if name not in TASKS:
         raise ValueError(f"task.type={name!r} does not exist; use one of {sorted(TASKS)}")
+    cls = importlib.import_module(TASKS[name]).Task
     try:
-        return importlib.import_module(TASKS[name]).Task(num_classes=num_classes, **cfg)
+        return cls(num_classes=num_classes, **cfg)
     except TypeError as e:
-        raise ValueError(f"task {name!r}: {e}; its keys are inputs, labels") from None
+        keys = ([f.name for f in dataclasses.fields(cls) if f.name != "num_classes"]
+                if dataclasses.is_dataclass(cls) else ["inputs", "labels"])
+        raise ValueError(f"task {name!r}: {e}; its keys are {', '.join(keys)}") from None

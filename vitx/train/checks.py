@@ -14,6 +14,7 @@ import jax
 from vitx import config as config_lib
 from vitx.train import checkpoint as ckpt_lib
 from vitx.train import state as state_lib
+from vitx.train import steps
 from vitx.train.multitask import Route
 
 
@@ -74,8 +75,8 @@ def probe_loss(model: Any, route: Route, plan_kw: dict) -> None:
 
     def loss(rng: jax.Array, batch: dict) -> jax.Array:
         variables = init(rng)
-        logits, _ = model.apply(variables, route.task.model_inputs(batch), train=False, **kw)
-        return route.task.loss(logits, batch)
+        logits, aux = model.apply(variables, route.task.model_inputs(batch), train=False, **kw)
+        return route.task.loss(logits, batch, **steps.aux_kw(route.task, aux))
     try:
         out = jax.eval_shape(loss, jax.random.PRNGKey(0), batch_spec)
     except (TypeError, ValueError) as e:

@@ -7,6 +7,10 @@ per-step plan, a pure function of (seed, step) (`vitx.train.schedules.PatchSizeS
 every size is one compiled train step and a resumed run replays the same sizes.
 
     config.flexi = dict(patch_sizes=(4, 6, 8, 12, 16, 24), schedule=dict(kind="uniform"))
+    config.flexi.patch_strides = (None, None, 4, 6, None, None)  # optional: (size, stride) pairs
+
+With `patch_strides` (one per size, None = the size itself; claim 3: a stride per scheme) the
+plan also holds `patch_stride`: every (size, stride) pair is one compiled step.
 
 `frozen_model_kwargs(run_config)` gives the static call kwargs of a network trained with
 `config.flexi` when it is used frozen (e.g. as a distillation teacher): its first patch size.
@@ -22,17 +26,20 @@ import ml_collections
 from vitx.config import ConfigError
 from vitx.train.plugins import Plugin, SetupContext
 from vitx.train.schedules import PatchSizeSchedule
-from vitx.utils.patch_sizes import validate_patch_sizes
+from vitx.utils.patch_sizes import check_patch_strides, validate_patch_sizes
 
 
 class FlexiPlugin(Plugin):
     """Plans `{"patch_size": schedule(step)}` (a static Python int) for every step."""
 
-    def __init__(self, schedule: PatchSizeSchedule):
+    def __init__(self, schedule: PatchSizeSchedule, strides: tuple[int | None, ...] = ()):
         self.schedule = schedule
+        self.strides = dict(zip(schedule.patch_sizes, strides, strict=True)) if strides else {}
 
     def plan(self, step: int) -> dict[str, Any]:
-        return {"patch_size": self.schedule(step)}
+        p = self.schedule(step)
+        return {"patch_size": p, "patch_stride": self.strides[p]} if self.strides else {
+            "patch_size": p}
 
 
 def from_config(config: ml_collections.ConfigDict, ctx: SetupContext) -> FlexiPlugin | None:
@@ -47,10 +54,14 @@ def from_config(config: ml_collections.ConfigDict, ctx: SetupContext) -> FlexiPl
     try:
         schedule = PatchSizeSchedule.from_config(config.flexi, seed=config.get("seed", 0))
         shape = ctx.spec[ctx.task.inputs][0]
-        validate_patch_sizes(schedule.patch_sizes, tuple(shape[:2]))
+        strides = config.flexi.get("patch_strides")
+        if strides is None:
+            validate_patch_sizes(schedule.patch_sizes, tuple(shape[:2]))
+        else:
+            strides = check_patch_strides(schedule.patch_sizes, strides, tuple(shape[:2]))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return FlexiPlugin(schedule)
+    return FlexiPlugin(schedule, strides or ())
 
 
 def frozen_model_kwargs(run_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,4 +71,6 @@ def frozen_model_kwargs(run_config: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not run_config.get("flexi"):
         return {}
-    return {"patch_size": run_config["flexi"]["patch_sizes"][0]}
+    strides = run_config["flexi"].get("patch_strides")
+    return {"patch_size": run_config["flexi"]["patch_sizes"][0],
+            **({"patch_stride": strides[0]} if strides else {})}

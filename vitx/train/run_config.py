@@ -19,6 +19,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vitx.train.ema import EmaConfig
+from vitx.train.mixup import MixupConfig
 from vitx.train.optim import OptimConfig
 from vitx.utils import ConfigError
 
@@ -154,6 +156,8 @@ class RunConfig:
       model, optim, step, loop, checkpoint: the typed parts above and `OptimConfig`.
       config_dict: the whole config as plain JSON-able dicts (`config.json`, checkpoint meta).
       profile: the steps to trace (`ProfileConfig`), or None.
+      mixup: Mixup/CutMix in the train step (`vitx.train.mixup.MixupConfig`), or None (off).
+      ema: the EMA of the weights (`vitx.train.ema.EmaConfig`), or None (off).
     """
 
     seed: int
@@ -166,6 +170,8 @@ class RunConfig:
     checkpoint: CheckpointConfig
     config_dict: Mapping[str, Any]
     profile: ProfileConfig | None = None
+    mixup: MixupConfig | None = None
+    ema: EmaConfig | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> RunConfig:
@@ -180,4 +186,5 @@ class RunConfig:
                    model=ModelConfig.from_config(config), optim=OptimConfig.from_config(config),
                    step=StepConfig.from_config(config), loop=LoopConfig.from_config(config),
                    checkpoint=CheckpointConfig.from_config(config),
-                   config_dict=config.to_dict(), profile=ProfileConfig.from_config(config))
+                   config_dict=config.to_dict(), profile=ProfileConfig.from_config(config),
+                   mixup=MixupConfig.from_config(config), ema=EmaConfig.from_config(config))

@@ -36,13 +36,15 @@ from vitx import config as config_lib
 from vitx import models
 from vitx.data import pipeline
 from vitx.train import checkpoint as ckpt_lib
+from vitx.train import ema as ema_lib
+from vitx.train import mixup as mixup_lib
 from vitx.train import multitask, optim, plugins, profiling, steps
 from vitx.train import sharding as shd
 from vitx.train import state as state_lib
 from vitx.train.checks import first_line, probe_loss, resume_check
 from vitx.train.run_config import RunConfig
 from vitx.train.writers import TextWriter
-from vitx.utils import check_writable, write_json_atomic
+from vitx.utils import check_writable, timm_hub, write_json_atomic
 
 
 def total_steps_of(config: ml_collections.ConfigDict, n_train: int) -> int:
@@ -161,7 +163,10 @@ class Setup:
             loss_fn, self.tx, accum_steps=self.run.step.grad_accum_steps,
             frozen=self.frozen, schedule=self.schedule, active=active,
             lr_mult=rs[0].lr_mult if len(rs) == 1 else 1.0,
-            skip_nonfinite=self.run.step.skip_nonfinite)
+            skip_nonfinite=self.run.step.skip_nonfinite,
+            batch_fn=mixup_lib.batch_fn(self.run.mixup, [r.task for r in rs])
+            if self.run.mixup else None,
+            ema_fn=ema_lib.ema_fn(self.run.ema) if self.run.ema else None)
 
     def batch_size(self, plan: tuple) -> int:
         """Examples of one step of `plan` (over all the tasks it trains)."""
@@ -226,6 +231,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     """
     mesh = shd.make_mesh(config.mesh)
     config_lib.validate(config, num_devices=mesh.size)
+    if hinted := timm_hub.apply_init_hints(config):  # a timm model_init: model.gelu="exact"
+        print(f"vitx: model {hinted} from the timm checkpoint {config.model_init}", flush=True)
     profiling.use_compilation_cache(config.get("compilation_cache", profiling.AUTO))
     routes = multitask.routes_from_config(config)
     task_plan = multitask.task_plan(config, routes)
@@ -236,6 +243,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     except ValueError as e:
         raise config_lib.ConfigError(str(e)) from None
     _check_inputs(module, run.model.cfg, routes)
+    mixup_lib.check_routes(run.mixup, routes)
     model = models.build_model(run.model.name, run.model.num_classes, **(run.model.cfg or {}))
     main = next(iter(routes.values()))
     ctx = plugins.SetupContext(config=config, mesh=mesh, task=main.task, spec=main.spec)
@@ -313,6 +321,9 @@ def _restore_or_init(s: Setup, workdir: str, checkpointer: ckpt_lib.Checkpointer
         params = jax.device_put(params, s.state_shardings["params"])
         opt_state = jax.jit(s.tx.init, out_shardings=s.state_shardings["opt_state"])(params)
         state = dict(state, params=params, opt_state=opt_state)
+        if "ema" in state:  # the EMA starts from the loaded weights
+            state["ema"] = jax.jit(ema_lib.init, out_shardings=s.state_shardings["ema"])(
+                ema_lib.variables(state))
         print(f"vitx: initialised params from {m.init}", flush=True)
     return state, 0, 0
 
@@ -374,7 +385,8 @@ def start(s: Setup, workdir: str,
         return dict(predict_fn=predict, task=s.routes[name].task, mesh=s.mesh,
                     variable_shardings=variables_of(s.state_shardings),
                     data_dir=s.run.data_dir,
-                    default_batch_size=s.routes[name].input.batch_size, workdir=workdir)
+                    default_batch_size=s.routes[name].input.batch_size, workdir=workdir,
+                    model=s.run.model)
     evaluators = [] if make_evaluators is None else make_evaluators(context_for)
 
     abstract, _ = s.init_state(materialize=False)

@@ -4,6 +4,7 @@ The train state is a plain dict (orbax-friendly)::
 
     {"params": tree, "opt_state": tree, "step": int32 (), "rng": uint32 (2,)}
     (+ "model_state": {"batch_stats": tree} for models with batch statistics, e.g. BatchNorm)
+    (+ "ema": {"params": tree, **model_state}, the EMA of the weights, with `config.ema`)
 
 `abstract_params` is used by train, eval and bench alike: the model is initialised (abstractly,
 with `jax.eval_shape`, so it costs no memory) on a dummy batch of one example of each key of the
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from vitx.train import checkpoint as ckpt_lib
+from vitx.train import ema as ema_lib
 from vitx.train import sharding as shd
 from vitx.train.run_config import RunConfig
 
@@ -63,9 +65,10 @@ def init_state(config: Any, model: Any, task: Any, tx: Any,
     the shardings: the restore target), so resuming never allocates a throw-away random init.
     """
     if isinstance(config, RunConfig):
-        seed, rules = config.seed, list(config.sharding_rules)
+        seed, rules, ema = config.seed, list(config.sharding_rules), config.ema
     else:
         seed, rules = config.get("seed", 0), list(config.get("sharding_rules") or [])
+        ema = ema_lib.EmaConfig.from_config(config)
     rng = jax.random.PRNGKey(seed)
     init_rng, train_rng = jax.random.split(rng)
     init = init_variables_fn(model, task, spec, model_kw)
@@ -77,10 +80,14 @@ def init_state(config: Any, model: Any, task: Any, tx: Any,
                  "step": jnp.zeros((), jnp.int32), "rng": train_rng}
         if variables:  # batch statistics and other non-trained collections
             state["model_state"] = variables
+        if ema is not None:  # the EMA of the weights (`vitx.train.ema`), sharded like them
+            state["ema"] = ema_lib.init(ema_lib.variables(state))
         return state
 
     abstract = jax.eval_shape(make_state, init_rng)
     state_shardings = shd.tree_shardings(abstract, mesh, rules)
+    if ema is not None:
+        state_shardings["ema"] = ema_lib.variables(state_shardings)
     if not materialize:
         return ckpt_lib.abstract_like(abstract, state_shardings), state_shardings
     state = jax.jit(make_state, out_shardings=state_shardings)(init_rng)

@@ -25,6 +25,11 @@ Array = jax.Array
 State = dict[str, Any]
 
 
+def aux_kw(task: Any, aux: dict) -> dict:
+    """{"aux": aux} for a task that reads the model's aux outputs (`reads_aux`), else {}."""
+    return {"aux": aux} if getattr(task, "reads_aux", False) else {}
+
+
 def make_loss_fn(model: nn.Module, task: Any, model_kw: dict | None = None, *,
                  extra_loss: Callable[..., Array] | None = None) -> Callable[..., Array]:
     """loss(params, batch, rng, *extra) -> scalar mean loss over the batch.
@@ -45,13 +50,13 @@ def make_loss_fn(model: nn.Module, task: Any, model_kw: dict | None = None, *,
     def loss_fn(params: Any, batch: dict, rng: Array, *extra: Any,
                 model_state: dict | None = None) -> Any:
         if model_state is None:
-            logits, _ = model.apply({"params": params}, task.model_inputs(batch), train=True,
-                                    rngs={"dropout": rng}, **model_kw)
+            logits, aux = model.apply({"params": params}, task.model_inputs(batch), train=True,
+                                      rngs={"dropout": rng}, **model_kw)
         else:
-            (logits, _), new_state = model.apply(
+            (logits, aux), new_state = model.apply(
                 {"params": params, **model_state}, task.model_inputs(batch), train=True,
                 rngs={"dropout": rng}, mutable=list(model_state), **model_kw)
-        per_example = task.loss(logits, batch)
+        per_example = task.loss(logits, batch, **aux_kw(task, aux))
         if extra_loss is not None:
             per_example = extra_loss(logits, batch, per_example, *extra)
         loss = jnp.mean(per_example)
@@ -194,9 +199,15 @@ def tree_all_finite(tree: Any) -> Array:
 def build_train_step(loss_fn: Callable[..., Array], tx: optax.GradientTransformation, *,
                      accum_steps: int = 1, frozen: Any = None,
                      schedule: optax.Schedule | None = None, active: Any = None,
-                     lr_mult: float = 1.0, skip_nonfinite: bool = False
+                     lr_mult: float = 1.0, skip_nonfinite: bool = False,
+                     batch_fn: Callable[[Any, Array], Any] | None = None,
+                     ema_fn: Callable[[State, State], Any] | None = None
                      ) -> Callable[..., tuple[State, dict]]:
     """train_step(state, batch, *extra) -> (new state, metrics) for any loss function.
+
+    `batch_fn(batch, rng)` transforms the global batch before the loss and its micro-batches
+    (Mixup/CutMix, `vitx.train.mixup`; `rng` is the step's). `ema_fn(old state, new state)`
+    gives the new `state["ema"]` (the EMA of the weights, `vitx.train.ema`).
 
     `loss_fn(params, batch, rng, *extra)` -> scalar (`make_loss_fn`, `multi_task_loss`).
     `frozen` (a tree of bools like params) keeps those params bit-identical. `active` (a tree of
@@ -221,6 +232,8 @@ def build_train_step(loss_fn: Callable[..., Array], tx: optax.GradientTransforma
 
     def train_step(state: State, batch: Any, *extra: Any) -> tuple[State, dict]:
         rng = jax.random.fold_in(state["rng"], state["step"])
+        if batch_fn is not None:
+            batch = batch_fn(batch, rng)
         new_state = dict(state)
         if "model_state" in state:  # e.g. BatchNorm statistics
             (loss, new_state["model_state"]), grads = accumulate_gradients(
@@ -245,10 +258,12 @@ def build_train_step(loss_fn: Callable[..., Array], tx: optax.GradientTransforma
         if schedule is not None:
             metrics["lr"] = schedule(state["step"])
         new_state.update(params=params, opt_state=opt_state, step=state["step"] + 1)
+        if ema_fn is not None:
+            new_state["ema"] = ema_fn(state, new_state)
         if skip_nonfinite:  # keep the old state where this update is not finite
             finite = finite & tree_all_finite(
                 (params, opt_state, new_state.get("model_state")))
-            for key in ("params", "opt_state", "model_state"):
+            for key in ("params", "opt_state", "model_state", "ema"):
                 if key in state:
                     new_state[key] = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                                   new_state[key], state[key])

@@ -43,6 +43,7 @@ import jax
 import ml_collections
 from absl import logging as absl_logging
 
+from vitx.train import ema as ema_lib
 from vitx.train import preemption, profiling, steps
 from vitx.train import sharding as shd
 from vitx.train.guard import NonFiniteGuard
@@ -168,6 +169,8 @@ class _Loop:
         with self.clock.part("eval"):
             for ev in self.st.evaluators:
                 metrics.update(ev.run(variables_of(self.state), final=final and self.is_main))
+                if "ema" in self.state:  # the EMA weights: "<name>_ema/..." (vitx.train.ema)
+                    metrics.update(ema_lib.renamed(ev.run(self.state["ema"])))
             if metrics:
                 self.st.writer.write_scalars(step, metrics)
         return metrics

@@ -8,6 +8,9 @@ A spec (`config.model_init`, `vitx eval --checkpoint`, `vitx export --checkpoint
     WORKDIR/checkpoints/STEP     that step
     file.npz                     vitx, vit_jax or big_vision layout (detected from the names;
                                  params under opt/target/ or params/ are found by themselves)
+    DIR or file.safetensors      a timm / Hugging Face hub folder (config.json +
+                                 model.safetensors) or its weights file: a timm ViT, FlexiViT
+                                 or hybrid state dict mapped to vitx's names (`timm_hub`)
     any of these + ":subtree"    only the params under that '/'-prefix, prefix stripped
                                  (e.g. "ckpt.npz:params", "ckpt.npz:opt/target")
 
@@ -25,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vitx.utils import npz
+from vitx.utils import npz, timm_hub
 
 __all__ = ["Resolved", "load_model_state", "load_params", "parse_spec", "read_run_config",
            "resolve", "short_reason"]
@@ -37,8 +40,9 @@ class Resolved:
 
     Attributes:
       spec: the spec as given.
-      kind: "orbax" (a vitx checkpoint directory) or "npz".
-      path: absolute path of the .npz file, or of the orbax `checkpoints` directory.
+      kind: "orbax" (a vitx checkpoint directory), "npz" or "timm" (hub folder / .safetensors).
+      path: absolute path of the .npz / .safetensors file or hub folder, or of the orbax
+        `checkpoints` directory.
       step: the step to read (orbax: the latest finalized one unless the spec names one; npz:
         None).
       subtree: '/'-prefix of the params to keep, or None.
@@ -96,6 +100,10 @@ def resolve(spec: str) -> Resolved:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint {spec!r}: no such file {path}; fix the path")
         return Resolved(spec, "npz", path, None, subtree, None)
+    if timm_hub.is_timm_path(path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"checkpoint {spec!r}: no such file {path}; fix the path")
+        return Resolved(spec, "timm", path, None, subtree, None)
     parent, base = os.path.split(path)
     if base.isdigit() and _steps(parent) and int(base) in _steps(parent):  # .../checkpoints/STEP
         ckpt_dir, step = parent, int(base)
@@ -128,8 +136,23 @@ def _subtree(params: Any, subtree: str | None, spec: str) -> Any:
     return params
 
 
-def load_params(spec: str | Resolved) -> tuple[dict[str, Any], dict[str, Any]]:
+def _ema_of(state: dict[str, Any], r: Resolved) -> dict[str, Any]:
+    """The EMA variables ({"params": ..., "batch_stats": ...}) of a restored train state.
+
+    Raises:
+      ValueError: the run kept no EMA.
+    """
+    if "ema" not in state:
+        raise ValueError(f"checkpoint {r.path}/{r.step} holds no EMA weights (its run had no "
+                         f"config.ema.decay > 0); drop --ema")
+    return dict(state["ema"])
+
+
+def load_params(spec: str | Resolved, *, ema: bool = False
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The params of a checkpoint as a nested dict of host numpy arrays, and its metadata.
+
+    With `ema`, the EMA of the params (`config.ema`, `vitx.train.ema`) instead.
 
     Orbax checkpoints are restored as numpy whatever mesh or device count wrote them; their
     metadata is the run's `meta` item (step, examples_seen, config). For .npz files the layout
@@ -138,24 +161,36 @@ def load_params(spec: str | Resolved) -> tuple[dict[str, Any], dict[str, Any]]:
     Raises:
       FileNotFoundError: see `resolve`.
       ValueError: a malformed spec, a subtree that is not there, an unreadable .npz, a damaged
-        orbax checkpoint.
+        orbax checkpoint; with `ema`: a .npz file or a run without EMA.
     """
     r = resolve(spec) if isinstance(spec, str) else spec
     if r.kind == "npz":
+        if ema:
+            raise ValueError(f"checkpoint {r.spec!r} is a .npz file, which holds no EMA "
+                             f"weights; pass a vitx workdir or drop --ema")
         return npz.load_npz(r.path, subtree=r.subtree), {"step": None}
+    if r.kind == "timm":  # a hub folder / .safetensors: timm's names mapped (`timm_hub.load`)
+        params, meta = timm_hub.load(r.path)
+        return _subtree(params, r.subtree, r.spec), meta
     state, meta = _restore(r)
-    return _subtree(state["params"], r.subtree, r.spec), meta
+    params = _ema_of(state, r)["params"] if ema else state["params"]
+    return _subtree(params, r.subtree, r.spec), meta
 
 
-def load_model_state(spec: str | Resolved) -> dict[str, Any]:
+def load_model_state(spec: str | Resolved, *, ema: bool = False) -> dict[str, Any]:
     """The non-trained collections of a vitx checkpoint (e.g. {"batch_stats": ...}), host numpy;
-    {} for .npz files and models without any.
+    {} for .npz files and models without any. With `ema`, their EMA.
 
     Raises:
       FileNotFoundError / ValueError: see `load_params`.
     """
     r = resolve(spec) if isinstance(spec, str) else spec
-    return {} if r.kind == "npz" else dict(_restore(r)[0].get("model_state") or {})
+    if r.kind in ("npz", "timm"):
+        return {}
+    state = _restore(r)[0]
+    if ema:
+        return {k: v for k, v in _ema_of(state, r).items() if k != "params"}
+    return dict(state.get("model_state") or {})
 
 
 def short_reason(e: BaseException, limit: int = 160) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from vitx.utils import pair
 
-__all__ = ["check_patch_sizes", "validate_patch_sizes"]
+__all__ = ["check_patch_sizes", "check_patch_strides", "scheme_name", "validate_patch_sizes"]
 
 
 def check_patch_sizes(patch_sizes: Any, key: str) -> tuple[int, ...]:
@@ -73,3 +73,47 @@ def validate_patch_sizes(
         else f"no size between 1 and {min(h, w)} divides {shown}; change the image size"
     )
     raise ValueError(f"{key}: {', '.join(map(str, bad))} do not divide image size {shown}; {hint}")
+
+
+def check_patch_strides(patch_sizes: Sequence[int], patch_strides: Any,
+                        image_size: int | tuple[int, int] | None = None,
+                        key: str = "flexi.patch_strides") -> tuple[int | None, ...]:
+    """The stride of each patch size: `patch_strides` aligned with `patch_sizes` (pixels; None:
+    the patch size itself, non-overlapping), each dividing its patch size; with `image_size`
+    (H, W), every (p, s) pair must tile the image: H >= p and s divides H - p (tokens
+    ((H - p) // s + 1) a side; for s = p that is p | H, as `validate_patch_sizes`).
+
+    Source: FlexiViT patent CN117556885A, dependent claim 3 (a stride per patch scheme).
+
+    Raises:
+      ValueError: one line naming `key`: a length other than `patch_sizes`', a stride that is
+        not an int > 0 or does not divide its patch size, or a pair that does not tile the image.
+    """
+    sizes = tuple(patch_sizes)
+    if isinstance(patch_strides, str) or not isinstance(patch_strides, Iterable):
+        raise ValueError(f"{key}={patch_strides!r}: give one stride (or None) per patch size of "
+                         f"{sizes}, e.g. {tuple(p // 2 for p in sizes)}")
+    strides = tuple(patch_strides)
+    if len(strides) != len(sizes):
+        raise ValueError(f"{key}={strides!r}: {len(strides)} strides for {len(sizes)} patch sizes "
+                         f"{sizes}; give one stride (or None) per patch size")
+    bad = [(p, s) for p, s in zip(sizes, strides, strict=True) if s is not None and (
+        isinstance(s, bool) or not isinstance(s, int | np.integer) or s <= 0 or p % s)]
+    if bad:
+        raise ValueError(f"{key}: (patch size, stride) pairs {bad} have a stride that does not "
+                         f"divide its patch size; use divisors of the patch size (or None)")
+    out = tuple(None if s is None else int(s) for s in strides)
+    if image_size is not None:
+        h, w = pair(image_size, f"{key}: image size")
+        bad = [(p, s or p) for p, s in zip(sizes, out, strict=True)
+               if h < p or w < p or (h - p) % (s or p) or (w - p) % (s or p)]
+        if bad:
+            raise ValueError(f"{key}: (patch size, stride) pairs {bad} do not tile the image "
+                             f"{h}x{w} (need (H - p) divisible by the stride); change the stride "
+                             f"or the image size")
+    return out
+
+
+def scheme_name(patch_size: int, stride: int | None) -> str:
+    """The metric suffix of a (patch size, stride) scheme: "8" (stride None or 8), "8s4"."""
+    return f"{patch_size}" if stride in (None, patch_size) else f"{patch_size}s{stride}"

@@ -12,11 +12,18 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import gcs_utils
 
 # Imported for their side effect: each module registers its builder with TFDS.
-from vitx.data.builders import digits, dtmf_keys, moving_digits  # noqa: F401
+from vitx.data.builders import (  # noqa: F401
+    digit_scenes,
+    digits,
+    dtmf_keys,
+    moving_digits,
+    sample_photos,
+)
 from vitx.utils import check_writable
 
 # Builders that vitx can prepare itself, from data on this machine, on first use.
-LOCAL_BUILDERS: frozenset[str] = frozenset({"digits", "dtmf_keys", "moving_digits"})
+LOCAL_BUILDERS: frozenset[str] = frozenset({"digit_scenes", "digits", "dtmf_keys",
+                                           "moving_digits", "sample_photos"})
 
 
 def hide_accelerators_from_tf() -> None:

@@ -209,6 +209,29 @@ def value_range_fn(op: str, lo: float, hi: float, in_min: float, in_max: float) 
     return fn
 
 
+@register_key_op("vgg_value_range")
+def vgg_value_range(mean: tuple[float, ...] = (123.675, 116.28, 103.53),
+                    std: tuple[float, ...] = (58.395, 57.12, 57.375)) -> TensorFn:
+    """Per-channel `(float32(x) - mean) / std` on the 0..255 scale (defaults: ImageNet's,
+    0.485/0.456/0.406 and 0.229/0.224/0.225 x 255); what timm's `pretrained_cfg` mean / std
+    ask for (`vitx info` prints it). (..., C) -> (..., C) float32.
+
+    Source: big_vision `pp/ops_image.py: vgg_value_range` (same name and scale).
+
+    Raises:
+        ValueError: mean and std of different lengths, or a std <= 0.
+    """
+    if len(mean) != len(std) or min(std) <= 0:
+        raise ValueError(f"vgg_value_range: mean={mean!r} and std={std!r} need one value per "
+                         f"channel each, std > 0 (0..255 scale)")
+    m, s = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
+
+    def fn(x: tf.Tensor) -> tf.Tensor:
+        return (tf.cast(x, tf.float32) - m) / s
+
+    return fn
+
+
 @register_key_op("value_range")
 def value_range(lo: float, hi: float, in_min: float = 0, in_max: float = 255) -> TensorFn:
     """Linearly maps values [in_min, in_max] to [lo, hi]; output float32 (no clipping).

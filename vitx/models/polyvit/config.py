@@ -26,7 +26,7 @@ HEAD_KEYS = ("modality", "num_classes")
 #: The encoder options of `config.model` (as in `vitx.models.vit`).
 VIT_KW = ("width", "depth", "mlp_dim", "num_heads", "dropout", "scan", "remat_policy",
           "dtype_mm", "head_zeroinit", "patch_embed", "attention_impl", "drop_path",
-          "attention_dropout")
+          "attention_dropout", "gelu")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 _NO_MODALITIES = ("model.modalities is empty; give at least one, e.g. {'image': {'patch_size': "
                   "(4, 4), 'input_shape': (32, 32, 3)}}")
@@ -313,6 +313,7 @@ class PolyViTCfg:
       drop_path: stochastic-depth rate of the last block, linear over all `depth` blocks
         (modality layers are blocks 0..num_modality_layers - 1; Huang et al. 2016, Sec. 3).
       attention_dropout: dropout rate on the attention weights. Both in [0, 1), train only.
+      gelu: the MLP's GELU, "tanh" (default) or "exact" (timm's ViTs; `layers.GELU_TYPES`).
 
     Raises:
       ValueError: num_modality_layers out of [0, depth - 1], an unknown remat_policy, a
@@ -334,8 +335,12 @@ class PolyViTCfg:
     attention_impl: str = "auto"
     drop_path: float = 0.0
     attention_dropout: float = 0.0
+    gelu: str = "tanh"
 
     def __post_init__(self) -> None:
+        if self.gelu not in layers.GELU_TYPES:
+            raise ValueError(f"model.gelu={self.gelu!r} is unknown; use one of "
+                             f"{layers.GELU_TYPES}")
         nml = self.num_modality_layers
         try:
             n = positive_int(nml, "model.num_modality_layers", minimum=0)

@@ -88,6 +88,7 @@ class _PolyViT(nn.Module):
     attention_impl: str = "auto"
     drop_path: float = 0.0
     attention_dropout: float = 0.0
+    gelu: str = "tanh"
 
     def route(self, modality: str | None, task: str | None) -> tuple[str, str]:
         """The (modality, task) a call runs, with omitted parts filled in when implied."""
@@ -101,7 +102,7 @@ class _PolyViT(nn.Module):
         dtype = layers.dtype_of(self.dtype_mm)
         # Stochastic depth linear over all `depth` blocks: modality layers first, then shared.
         rates = layers.drop_path_rates(self.drop_path, self.depth)
-        reg = dict(attention_dropout=self.attention_dropout)
+        reg = dict(attention_dropout=self.attention_dropout, gelu=self.gelu)
         # Built here (cheap, no params yet); only the modules called below create params.
         tokenizers = {m.name: _Tokenizer(m.name, m.patch, m.input_shape, self.width,
                                          self.dtype_mm, self.patch_embed,

@@ -1,0 +1,59 @@
+r"""ViT on the digits scans from scratch with the AugReg / DeiT recipe: inception crop, RandAugment,
+Mixup/CutMix, stochastic depth and an EMA of the weights (the model of `configs/vit_digits.py`).
+
+Command (resumable, re-run the same line after an interruption):
+
+  vitx train --config configs/vit_digits_augreg.py --workdir workdirs/vit_augreg \
+      --config.data_dir=data/tfds
+
+Expected result: NOT MEASURED YET. `python scripts/recipe_table.py ablation --run` trains the
+ablation (seeds 0, 1, 2 of every row) and prints the README table ("The recipe on digits"). On
+the 2-core AMD EPYC, shared with ~20 other jobs when this was written, the first run made 0.13
+steps/s and was stopped at step 50 (its checkpoint resumes). Measured: the input pipeline keeps
+x1.011 of the synthetic step rate (`vitx bench --config configs/vit_digits_augreg.py
+--config.data_dir=data/tfds --steps 20`), and a 3-step run of the command above ends with
+`test/...` and `test_ema/...` metrics.
+Arguments (each row of the ablation turns one part off): `randaug=True`, `mixup=True`,
+`drop_path=0.1`, `ema=True`, `steps=1000`, `seed=0`, e.g.
+`configs/vit_digits_augreg.py:mixup=False,seed=1`.
+
+Recipe (Steiner et al., "How to train your ViT?", TMLR 2022 (AugReg), Sec. 3; Touvron et al.,
+"Training data-efficient image transformers", ICML 2021 (DeiT), Sec. 6 / Tab. 9):
+- `inception_crop(32, area_min=50)`: random-resized crop of 50..100 % of the (32x32 upsampled)
+  scan (a digit fills its 8x8 frame, so ImageNet's 8 % would cut digits apart);
+- `randaug(2, 5)` over the ops that keep a digit a digit on a black background (no solarize,
+  posterize, colour or equalize: 8x8 scans have 17 grey levels);
+- Mixup (alpha 0.2) / CutMix (alpha 1.0), one of the two per batch (timm's `switch_prob` 0.5);
+- stochastic depth 0.1 on the last of the 6 blocks (linear in depth);
+- EMA of the weights with decay 0.998 (warm-up 100 steps), evaluated as `test_ema/...`;
+- AdamW lr 1e-3, weight decay 0.05, label smoothing 0.1, 1,000 steps of batch 128 (`make
+  train`'s budget).
+"""
+
+import os
+
+import ml_collections
+
+from vitx.config import load_config, parse_arg
+
+RANDAUG_OPS = ("identity", "autocontrast", "rotate", "contrast", "brightness", "sharpness",
+               "shear_x", "shear_y", "translate_x", "translate_y")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg`: comma-separated `randaug=True`, `mixup=True`, `drop_path=0.1`, `ema=True`,
+    `steps=1000`, `seed=0` (False / 0 turns that part of the recipe off)."""
+    arg = parse_arg(arg, randaug=True, mixup=True, drop_path=0.1, ema=True, steps=1_000,
+                    seed=0)
+    c = load_config(os.path.join(os.path.dirname(__file__), "vit_digits.py")
+                    + f":steps={arg.steps},seed={arg.seed}")
+    aug = f"|randaug(2, 5, ops={list(RANDAUG_OPS)})" if arg.randaug else ""
+    c.input.pp = ("decode(channels=1)|resize(32)|inception_crop(32, area_min=50)" + aug
+                  + "|value_range(-1,1)|onehot(10, label_smoothing=0.1)|keep('image', 'label')")
+    c.model.drop_path = float(arg.drop_path)
+    c.mixup = dict(mixup_alpha=0.2 if arg.mixup else 0.0, cutmix_alpha=1.0 if arg.mixup else 0.0,
+                   prob=1.0 if arg.mixup else 0.0, switch_prob=0.5, mode="batch")
+    c.ema = dict(decay=0.998 if arg.ema else 0.0, warmup_steps=100)
+    c.eval_every_steps = 500
+    c.checkpoint.every_steps = 500
+    return c
