@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -95,7 +96,7 @@ def command_groups(commands: list[str]) -> list[list[str]]:
     for i, cmd in enumerate(commands):
         names = set(_OUTPUT.findall(cmd))
         names |= {name for pattern, name in _IMPLICIT if pattern.search(cmd)}
-        for name in names:
+        for name in sorted(names):  # never set order: it varies with PYTHONHASHSEED
             if name in first:
                 parent[root(i)] = root(first[name])
             else:
@@ -103,7 +104,8 @@ def command_groups(commands: list[str]) -> list[list[str]]:
     groups: dict[int, list[str]] = {}
     for i, cmd in enumerate(commands):
         groups.setdefault(root(i), []).append(cmd)
-    return [groups[k] for k in sorted(groups)]
+    # by first command, the same in every process (pytest-xdist workers must collect alike)
+    return sorted(groups.values(), key=lambda g: commands.index(g[0]))
 
 
 def test_command_groups():
@@ -111,6 +113,18 @@ def test_command_groups():
             "vitx train --workdir workdirs/a", "vitx export --checkpoint workdirs/a --output a.npz",
             "vitx eval --checkpoint a.npz", "make test  # readme-test: skip"]
     assert command_groups(cmds) == [cmds[:2], [cmds[2]], cmds[3:6]]
+
+
+def test_command_groups_same_in_every_process():
+    """pytest-xdist workers must collect the same tests in the same order: the groups may not
+    depend on Python's per-process string hash (set order)."""
+    code = ("import sys; sys.path.insert(0, 'tests'); import test_readme as t; "
+            "print([g[0] for g in t.GROUPS])")
+    outs = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                           text=True, check=True,
+                           env=dict(os.environ, PYTHONHASHSEED=str(seed))).stdout
+            for seed in (0, 1, 2, 3)}
+    assert len(outs) == 1, outs
 
 
 def _readme_groups() -> list[list[str]]:
