@@ -2,7 +2,7 @@
 
 Run with an environment that has timm and torch (the `bench` extra; no jax needed):
 
-    .venv-bench/bin/python scripts/make_timm_fixtures.py [--out tests/fixtures/timm]
+    .venv-bench/bin/python scripts/make_timm_fixtures.py [--out tests/fixtures/timm] [--only NAME]
 
 Each fixture is a hub folder `NAME/{config.json, model.safetensors}` written by
 `timm.models.save_for_hf` (what `push_to_hf_hub` uploads) from a randomly initialised model
@@ -50,6 +50,15 @@ FIXTURES = {
     "hybrid": ("vit_tiny_r_s16_p8_224", dict(TINY, patch_size=2, img_size=16), 16, 24),
     # for the README's fine-tune on digits (1 channel, 32 px, patch 8)
     "vit_c1": ("vit_tiny_patch16_224", dict(TINY, patch_size=8, img_size=32, in_chans=1), 32, 48),
+}
+#: made after the others (each from its own torch seed, so `--only` remakes it alone):
+#: register tokens with their class-slot posemb (vitx folds it in), and the reg4-gap layout
+#: (registers without a cls token, avg pool + fc_norm) with layer scale.
+EXTRA = {
+    "vit_reg": ("vit_tiny_patch16_224", dict(TINY, patch_size=4, img_size=16, reg_tokens=2),
+                16, 24),
+    "vit_reg4_gap_ls": ("vit_base_patch16_reg4_gap_256", dict(TINY, patch_size=4, img_size=16,
+                                                              init_values=0.1), 16, 24),
 }
 
 
@@ -100,13 +109,20 @@ def _hybrid_r(size: int) -> torch.nn.Module:
         HybridEmbed, backbone=backbone), **TINY)
 
 
-def make(out: str) -> None:
-    if os.path.isdir(out):
+def make(out: str, only: list[str] | None = None) -> None:
+    if only is None and os.path.isdir(out):
         shutil.rmtree(out)
-    os.makedirs(out)
+    os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
-    items = list(FIXTURES.items()) + [("hybrid_r", ("vit_tiny_r_s16_p8_224", None, 16, 24))]
+    items = (list(FIXTURES.items()) + [("hybrid_r", ("vit_tiny_r_s16_p8_224", None, 16, 24))]
+             + list(EXTRA.items()))
     for i, (name, (arch, args, size, other_size)) in enumerate(items):
+        if name in EXTRA:
+            torch.manual_seed(100 + i)
+        if only is not None and name not in only:
+            continue
+        if os.path.isdir(os.path.join(out, name)):
+            shutil.rmtree(os.path.join(out, name))
         if args is None:
             model, kw = _hybrid_r(size), dict(build=_hybrid_r)
         else:
@@ -153,11 +169,13 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="tests/fixtures/timm")
     p.add_argument("--check", nargs="+", default=None, metavar="DIR")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help=f"remake only these fixtures (of {sorted(EXTRA)}: own seeds)")
     args = p.parse_args(argv)
     if args.check:
         check(args.check)
     else:
-        make(args.out)
+        make(args.out, args.only)
     return 0
 
 

@@ -37,6 +37,9 @@ EXPORTS = {
                                   gelu="exact")),
     "hybrid": ("hybrid", dict(TINY, patch_size=2, resnet_blocks=(), resnet_width=1.0,
                               gelu="exact")),
+    "vit_reg": ("vit", dict(TINY, patch_size=4, reg_tokens=2, gelu="exact")),
+    "vit_reg4_gap_ls": ("vit", dict(TINY, patch_size=4, pool_type="gap", reg_tokens=4,
+                                    fc_norm=True, layer_scale=0.1, gelu="exact")),
 }
 
 
@@ -77,7 +80,7 @@ def _cfg_of_fixture(name: str) -> tuple[str, dict]:
     h = checkpoints.load_params(os.path.join(FIXTURES, name))[1]["timm"]["hints"]
     cfg = {k: h[k] for k in ("width", "depth", "mlp_dim", "num_heads", "patch_size",
                              "pool_type", "gelu")}
-    cfg.update({k: h[k] for k in ("cls_token",) if k in h})
+    cfg.update({k: h[k] for k in ("cls_token", "reg_tokens", "fc_norm", "layer_scale") if k in h})
     if h["family"] == "flexivit":
         cfg.update(base_patch_size=h["patch_size"], posemb_grid=h["posemb_grid"])
     if h["family"] == "hybrid":
@@ -88,7 +91,8 @@ def _cfg_of_fixture(name: str) -> tuple[str, dict]:
 
 def table(out: str) -> None:
     rows = []
-    for name in ("vit", "vit_gap", "vit_gap_cls", "vit_map", "flexivit", "hybrid", "hybrid_r"):
+    for name in ("vit", "vit_gap", "vit_gap_cls", "vit_map", "flexivit", "hybrid", "hybrid_r",
+                 "vit_reg", "vit_reg4_gap_ls"):
         family, cfg = _cfg_of_fixture(name)
         e = load_file(os.path.join(FIXTURES, name, "expected.safetensors"))
         d = [float(np.max(np.abs(logits(os.path.join(FIXTURES, name), family, cfg, e[

@@ -25,7 +25,8 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "timm")
 CASES = {"vit": ("vit", {}), "vit_gap": ("vit", {}), "vit_gap_cls": ("vit", {}),
          "vit_map": ("vit", {}),
          "flexivit": ("flexivit", {}), "hybrid": ("hybrid", {}),
-         "hybrid_r": ("hybrid", {"gn_groups": 4})}
+         "hybrid_r": ("hybrid", {"gn_groups": 4}),
+         "vit_reg": ("vit", {}), "vit_reg4_gap_ls": ("vit", {})}
 
 
 def _fixture(name: str) -> str:
@@ -38,7 +39,7 @@ def _model_cfg(name: str) -> tuple[str, dict]:
     model_name, extra = CASES[name]
     cfg = {k: h[k] for k in ("width", "depth", "mlp_dim", "num_heads", "patch_size",
                              "pool_type", "gelu")}
-    cfg.update({k: h[k] for k in ("cls_token",) if k in h})
+    cfg.update({k: h[k] for k in ("cls_token", "reg_tokens", "fc_norm", "layer_scale") if k in h})
     if model_name == "flexivit":
         cfg.update(base_patch_size=h["patch_size"], posemb_grid=h["posemb_grid"])
     if model_name == "hybrid":
@@ -60,7 +61,7 @@ def _vitx_logits(folder: str, model_name: str, cfg: dict, image: np.ndarray,
 
 
 @pytest.mark.parametrize("name,which", [(n, "") for n in sorted(CASES)] + [
-    (n, "_other") for n in ("vit", "flexivit", "hybrid")])
+    (n, "_other") for n in ("vit", "flexivit", "hybrid", "vit_reg", "vit_reg4_gap_ls")])
 def test_logits_match_timm(name: str, which: str) -> None:
     """timm -> vitx: max |logits diff| <= 1e-4 at timm's resolution (every family and pool
     type) and at another one (posemb resized bilinearly on both sides; one per family)."""
@@ -80,7 +81,8 @@ def test_tanh_gelu_gives_other_logits() -> None:
     assert np.max(np.abs(got - expected["logits"])) > 1e-5
 
 
-@pytest.mark.parametrize("name", ["vit", "vit_gap", "vit_map", "flexivit", "hybrid"])
+@pytest.mark.parametrize("name", ["vit", "vit_gap", "vit_map", "flexivit", "hybrid", "vit_reg",
+                                  "vit_reg4_gap_ls"])
 def test_export_round_trip(name: str, tmp_path) -> None:
     """vitx -> timm hub folder -> vitx gives back the same params, and the config.json names
     an architecture and model_args timm builds (act_layer only for the tanh GELU)."""
@@ -154,11 +156,11 @@ def test_bad_files_one_line_naming_file(tmp_path) -> None:
             json.dump({"architecture": arch}, f)
         with pytest.raises(ValueError, match=f"config.json: architecture '{arch}'.*{what}"):
             checkpoints.load_params(folder)
-    reg = str(tmp_path / "reg.safetensors")
+    dist = str(tmp_path / "dist.safetensors")
     sd = load_file(os.path.join(_fixture("vit"), "model.safetensors"))
-    save_file({**sd, "reg_token": np.zeros((1, 4, 16), np.float32)}, reg)
-    with pytest.raises(ValueError, match=r"register tokens \(\['reg_token'\]\)"):
-        checkpoints.load_params(reg)
+    save_file({**sd, "dist_token": np.zeros((1, 1, 16), np.float32)}, dist)
+    with pytest.raises(ValueError, match=r"a distillation token \(\['dist_token'\]\)"):
+        checkpoints.load_params(dist)
     bn = str(tmp_path / "resnet50d_hybrid.safetensors")
     save_file({**sd, "patch_embed.backbone.conv1.0.weight": np.zeros((4, 3, 3, 3), np.float32)},
               bn)
@@ -205,13 +207,29 @@ def test_layout_inverse_on_scanned_params() -> None:
     np.testing.assert_allclose(sd["cls_token"], ref["cls_token"] + ref["pos_embed"][:, :1])
 
 
-def test_timm_itself_both_ways(tmp_path) -> None:
+#: timm kwargs -> the vitx config.model keys of the same model (both-ways test below)
+EXTRAS = {"plain": ({}, {}),
+          "reg_ls_fcnorm": (dict(reg_tokens=2, init_values=0.1, global_pool="avg", fc_norm=True),
+                            dict(reg_tokens=2, layer_scale=0.1, pool_type="gap", cls_token=True,
+                                 fc_norm=True))}
+
+
+@pytest.mark.parametrize("extra", sorted(EXTRAS))
+def test_timm_itself_both_ways(tmp_path, extra: str) -> None:
     """Where timm is installed: a model timm makes loads into vitx, and vitx's export loads
-    into timm (`create_model("local-dir:...")`), logits within 1e-4 both ways."""
+    into timm (`create_model("local-dir:...")`), logits within 1e-4 both ways; also with
+    register tokens, layer scale and fc_norm (their params perturbed off their inits)."""
     timm = pytest.importorskip("timm")
     torch = pytest.importorskip("torch")
+    timm_kw, vitx_kw = EXTRAS[extra]
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, embed_dim=16, depth=1,
-                              num_heads=2, img_size=16, patch_size=4, num_classes=3).eval()
+                              num_heads=2, img_size=16, patch_size=4, num_classes=3,
+                              **timm_kw).eval()
+    if timm_kw:
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.25 * torch.randn(p.shape, generator=g))
     folder = str(tmp_path / "timm")
     timm.models.save_for_hf(model, folder, safe_serialization=True)
     x = np.random.RandomState(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
@@ -220,12 +238,13 @@ def test_timm_itself_both_ways(tmp_path) -> None:
         with torch.no_grad():
             return m(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
 
-    cfg = dict(width=16, depth=1, mlp_dim=64, num_heads=2, patch_size=4, num_classes=3)
+    cfg = dict(width=16, depth=1, mlp_dim=64, num_heads=2, patch_size=4, num_classes=3,
+               **vitx_kw)
     got = _vitx_logits(folder, "vit", {**cfg, "gelu": "exact"}, x)
     assert np.max(np.abs(got - timm_logits(model))) <= 1e-4
     params, _ = checkpoints.load_params(folder)
     out = str(tmp_path / "export")
-    timm_hub.export(params, out, model_name="vit", model={"gelu": "tanh"})
+    timm_hub.export(params, out, model_name="vit", model={"gelu": "tanh", **vitx_kw})
     back = timm.create_model("local-dir:" + out, pretrained=True).eval()
     got = _vitx_logits(out, "vit", {**cfg, "gelu": "tanh"}, x)
     assert np.max(np.abs(got - timm_logits(back))) <= 1e-4
@@ -251,3 +270,62 @@ def test_polyvit_from_timm_vit() -> None:
     for k in ("embedding/kernel", "cls", "pos_embedding"):
         np.testing.assert_allclose(loaded[f"tokenizer_image/{k}"], vit[k], err_msg=k)
     assert not np.any(loaded["head_digits/kernel"])
+
+
+def test_registers_fc_norm_layer_scale_params_and_aux() -> None:
+    """The timm extras land where vit_tokens puts them: registers (with timm's class-slot
+    posemb folded in), fc_norm instead of encoder_norm, LayerScale_{0,1} per block; the
+    registers are dropped before pooling and from aux "encoded" / "token_map"."""
+    params, meta = checkpoints.load_params(_fixture("vit_reg4_gap_ls"))
+    flat = flat_leaves(params)
+    sd = load_file(os.path.join(_fixture("vit_reg4_gap_ls"), "model.safetensors"))
+    np.testing.assert_array_equal(flat["registers"], sd["reg_token"])
+    np.testing.assert_array_equal(flat["fc_norm/scale"], sd["fc_norm.weight"])
+    np.testing.assert_array_equal(flat["Transformer/encoderblock_1/LayerScale_1/scale"],
+                                  sd["blocks.1.ls2.gamma"])
+    assert "Transformer/encoder_norm/scale" not in flat and "cls" not in flat
+    h = meta["timm"]["hints"]
+    assert (h["reg_tokens"], h["fc_norm"], h["layer_scale"], h["pool_type"]) == (4, True, 0.1,
+                                                                                 "gap")
+    reg, _ = checkpoints.load_params(_fixture("vit_reg"))
+    sd = load_file(os.path.join(_fixture("vit_reg"), "model.safetensors"))
+    np.testing.assert_allclose(reg["registers"], sd["reg_token"] + sd["pos_embed"][:, 1:3])
+    np.testing.assert_array_equal(reg["pos_embedding"], sd["pos_embed"][:, 3:])
+    model_name, cfg = _model_cfg("vit_reg")
+    model = models.get_model_module(model_name).Model(cfg.pop("num_classes"), **cfg)
+    x = load_file(os.path.join(_fixture("vit_reg"), "expected.safetensors"))["image"]
+    _, aux = model.apply({"params": reg}, x)
+    assert aux["encoded"].shape == (2, 1 + 16, 16) and aux["registers"].shape == (2, 2, 16)
+    assert aux["token_map"].shape == (2, 4, 4, 16)
+    np.testing.assert_array_equal(aux["token_map"].reshape(2, 16, 16), aux["encoded"][:, 1:])
+
+
+def test_bfloat16_weights_upcast(tmp_path, capsys) -> None:
+    """A bf16 model.safetensors loads as float32 params, logits within a bf16-sized tolerance
+    of timm's float32 ones, and `vitx info` names the stored dtype."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    folder = _copy("vit", tmp_path)
+    weights = os.path.join(folder, "model.safetensors")
+    sd = load_file(weights)
+    save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in sd.items()}, weights)
+    params, meta = checkpoints.load_params(folder)
+    assert meta["timm"]["dtypes"] == ["bfloat16"]
+    assert {str(v.dtype) for v in flat_leaves(params).values()} == {"float32"}
+    _, cfg = _model_cfg("vit")
+    expected = load_file(os.path.join(folder, "expected.safetensors"))
+    got = _vitx_logits(folder, "vit", cfg, expected["image"])
+    diff = np.max(np.abs(got - expected["logits"]))
+    assert 1e-6 < diff <= 0.05 * np.max(np.abs(expected["logits"]))  # bf16: 8 mantissa bits
+    assert cli.main(["info", folder]) == 0
+    assert "dtype: bfloat16 (upcast to float32)" in capsys.readouterr().out
+
+
+def test_init_hints_read_the_extras_from_the_header() -> None:
+    """A timm model_init with registers / fc_norm / layer scale sets those model keys (unset
+    ones only; not for polyvit, whose model lacks them)."""
+    assert timm_hub.init_hints(_fixture("vit_reg4_gap_ls")) == {
+        "gelu": "exact", "reg_tokens": 4, "fc_norm": True, "layer_scale": 0.1}
+    config = {"model_name": "vit", "model_init": _fixture("vit_reg"), "model": {}}
+    assert timm_hub.apply_init_hints(config) == {"gelu": "exact", "reg_tokens": 2}
+    config = {"model_name": "polyvit", "model_init": _fixture("vit_reg"), "model": {}}
+    assert timm_hub.apply_init_hints(config) == {"gelu": "exact"}

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitx.models import relative
+from vitx.models import relative, vit_tokens
 
 Array = jax.Array
 Dtype = Any
@@ -263,6 +263,7 @@ class Encoder1DBlock(nn.Module):
     rel_grid: tuple[int, int] | None = None  # ViT_REL token grid (`relative.vit_bias`)
     gelu: str = "tanh"  # MlpBlock's GELU ("tanh" | "exact")
     rel_table_grid: tuple[int, int] | None = None  # its stored table's grid (default rel_grid)
+    layer_scale: float | None = None  # LayerScale init of both branches (`vit_tokens`, CaiT)
 
     def _drop_branch(self, y: Array, rate: float | Array, deterministic: bool) -> Array:
         """y (B, ...) with each example zeroed w.p. `rate`, else scaled by 1 / (1 - rate)."""
@@ -285,12 +286,12 @@ class Encoder1DBlock(nn.Module):
             attention_fn=relative.block_attention_fn(
                 self, x.shape[1], attention_fn(self.attention_impl)))(y, y)
         y = nn.Dropout(rate=self.dropout)(y, deterministic)
-        x = x + self._drop_branch(y, rate, deterministic)
+        x = x + self._drop_branch(vit_tokens.scale_branch(self, y), rate, deterministic)
         y = nn.LayerNorm()(x)
         y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout, dtype_mm=self.dtype_mm,
                      gelu=self.gelu)(y, train=not deterministic)
         y = nn.Dropout(rate=self.dropout)(y, deterministic)
-        x = x + self._drop_branch(y, rate, deterministic)
+        x = x + self._drop_branch(vit_tokens.scale_branch(self, y), rate, deterministic)
         return x, None  # (carry, per-layer output) so the block can be nn.scan'ed
 
 
@@ -322,13 +323,15 @@ class Encoder(nn.Module):
     attention_dropout: float = 0.0
     rel_grid: tuple[int, int] | None = None
     rel_table_grid: tuple[int, int] | None = None
+    layer_scale: float | None = None  # the blocks' LayerScale init (None: none)
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
                         dtype_mm=self.dtype_mm, attention_impl=self.attention_impl,
                         attention_dropout=self.attention_dropout, gelu=self.gelu,
-                        rel_grid=self.rel_grid, rel_table_grid=self.rel_table_grid)
+                        rel_grid=self.rel_grid, rel_table_grid=self.rel_table_grid,
+                        layer_scale=self.layer_scale)
         rates = drop_path_rates(self.drop_path, self.depth)
         block = Encoder1DBlock
         if self.remat_policy is not None:

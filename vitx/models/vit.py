@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitx.models import layers, masked_patch, posemb, relative, resize, strided, surgery
+from vitx.models import layers, masked_patch, posemb, relative, resize, strided, surgery, vit_tokens
 from vitx.utils import checkpoints, npz, pair, tree
 
 Array = jax.Array
@@ -133,6 +133,9 @@ class VisionTransformer(nn.Module):
     attention: str = "standard"  # "relative": ViT_REL (vitx.models.relative.vit_bias)
     patch_stride: Sequence[int] | None = None  # overlapping patches (vitx.models.strided)
     cls_token: bool | None = None  # None: a class token iff pool_type == "tok"
+    reg_tokens: int = 0  # register tokens after cls (vitx.models.vit_tokens; Darcet 2024)
+    fc_norm: bool = False  # final LayerNorm after pooling, not on the tokens (vit_tokens)
+    layer_scale: float | None = None  # LayerScale init per block branch (vit_tokens; CaiT)
 
     def embed_patches(self, x: Array, **kw: Any) -> Array:
         """(B, H, W, C) -> (B, H/P, W/P, D) with a conv of kernel = stride = P (ViT eq. 1)."""
@@ -179,14 +182,16 @@ class VisionTransformer(nn.Module):
         if posemb.use_cls(self.cls_token, self.pool_type):
             cls = self.param("cls", nn.initializers.zeros, (1, 1, d), x.dtype)
             x = jnp.concatenate([jnp.tile(cls, [b, 1, 1]), x], axis=1)
+        x = vit_tokens.add_registers(self, x, gh * gw)
         x = nn.Dropout(rate=self.dropout)(x, not train)
         x = layers.Encoder(
             depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
             dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
             dtype_mm=layers.dtype_of(self.dtype_mm), attention_impl=self.attention_impl,
             drop_path=self.drop_path, attention_dropout=self.attention_dropout,
-            **relative.encoder_kw(self, (gh, gw)),
+            **relative.encoder_kw(self, (gh, gw)), **vit_tokens.encoder_kw(self),
             gelu=self.gelu, name="Transformer")(x, train=train)
+        x = vit_tokens.drop_registers(self, x, gh * gw, out)
         out["encoded"] = x
         out["token_map"] = jnp.reshape(x[:, -gh * gw:], [b, gh, gw, x.shape[-1]])  # patch tokens
         if self.masked_patch_rate:  # per-patch logits (B, N, K) of the N patch tokens
@@ -201,6 +206,7 @@ class VisionTransformer(nn.Module):
             x = layers.MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                                dtype_mm=layers.dtype_of(self.dtype_mm),
                                attention_impl=self.attention_impl, gelu=self.gelu)(x)
+        x = vit_tokens.apply_fc_norm(self, x)
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits")(x))
         out["pre_logits"] = x

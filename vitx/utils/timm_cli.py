@@ -57,6 +57,7 @@ def export_checkpoint(spec: str, params: Mapping[str, Any], meta: Mapping[str, A
         hints = meta["timm"]["hints"]
         model_name, model = hints["family"], {"gelu": hints["gelu"],
                                               "pool_type": hints["pool_type"]}
+        model.update({k: hints[k] for k in ("layer_scale",) if k in hints})  # -> init_values
         pcfg = meta["timm"]["pretrained_cfg"]
         mean, std = (pcfg.get("mean") or [0.5])[0], (pcfg.get("std") or [0.5])[0]
     else:

@@ -122,11 +122,22 @@ def _read_weights(path: str) -> dict[str, np.ndarray]:
                          f"{reason}); re-download or re-export it") from None
 
 
+def _upcast(sd: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """(sd with every floating tensor as float32, the sorted stored dtype names): bfloat16 /
+    float16 hub weights (e.g. `timm/..` bf16 releases) are computed on in float32."""
+    dtypes = sorted({str(v.dtype) for v in sd.values()})
+    return {k: v.astype(np.float32) if v.dtype != np.float32 and (
+        np.issubdtype(v.dtype, np.floating) or v.dtype.name == "bfloat16") else v
+        for k, v in sd.items()}, dtypes
+
+
 def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(vitx params, meta) of a hub folder or `.safetensors` file (see the module docstring).
 
-    meta: {"step": None, "timm": {"architecture", "file", "family", "hints", "pretrained_cfg"}},
-    hints as `timm_layout.from_timm` (plus "family" from the architecture name).
+    meta: {"step": None, "timm": {"architecture", "file", "family", "hints", "pretrained_cfg",
+    "num_classes", "num_params", "dtypes"}}, hints as `timm_layout.from_timm` (plus "family"
+    from the architecture name); "dtypes": the stored dtypes (bfloat16 / float16 tensors are
+    upcast to float32 params).
 
     Raises:
       FileNotFoundError: no weights file.
@@ -135,7 +146,7 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     weights, cfg_path = _files(path)
     cfg = _read_config(cfg_path)
-    sd = _read_weights(weights)
+    sd, dtypes = _upcast(_read_weights(weights))
     kernel = sd.get("patch_embed.proj.weight")
     width = int(kernel.shape[0]) if kernel is not None and kernel.ndim == 4 else 64
     args = cfg.get("model_args") or {}
@@ -143,6 +154,8 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     nec = args.get("no_embed_class", True if (arch or "").startswith("flexivit") else None)
     params, hints = timm_layout.from_timm(sd, num_heads=_num_heads(cfg, width),
                                           no_embed_class=nec, file=weights)
+    if "layer_scale" in hints and args.get("init_values"):
+        hints["layer_scale"] = float(args["init_values"])
     pool = cfg.get("global_pool", args.get("global_pool"))
     if pool == "avg" and hints["pool_type"] == "tok":  # avg over patch tokens, cls kept
         hints.update(pool_type="gap", cls_token=True)
@@ -152,12 +165,15 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return params, {"step": None, "timm": {
         "architecture": arch, "file": weights, "family": hints["family"], "hints": hints,
         "pretrained_cfg": cfg.get("pretrained_cfg") or {}, "num_classes": cfg.get(
-            "num_classes"), "num_params": sum(int(v.size) for v in sd.values())}}
+            "num_classes"), "num_params": sum(int(v.size) for v in sd.values()),
+        "dtypes": dtypes}}
 
 
 def init_hints(spec: str | None) -> dict[str, Any]:
     """The `config.model` keys a timm `model_init` fixes: {"gelu": "exact"} (timm's ViTs use
-    the erf GELU), {} for any other (or unreadable) spec; the loader reports errors later."""
+    the erf GELU) and, where its weights have them, `reg_tokens` (R of `reg_token`), `fc_norm`
+    and `layer_scale` (config.json's `init_values`, else 1e-5: the loaded gammas win); {} for
+    any other (or unreadable) spec; the loader reports errors later."""
     if not spec:
         return {}
     path = os.path.abspath(os.path.expanduser(spec.rsplit(":", 1)[0] if re.search(
@@ -170,7 +186,26 @@ def init_hints(spec: str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     act = str(args.get("act_layer") or "gelu")
-    return {"gelu": "tanh" if act in ("gelu_tanh", "gelu_approximate") else "exact"}
+    return {"gelu": "tanh" if act in ("gelu_tanh", "gelu_approximate") else "exact",
+            **_extras_hints(weights, args)}
+
+
+def _extras_hints(weights: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """`reg_tokens` / `fc_norm` / `layer_scale` from the safetensors header (no tensor read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(weights, "numpy") as f:
+            keys = set(f.keys())
+            reg = f.get_slice("reg_token").get_shape()[1] if "reg_token" in keys else 0
+    except Exception:  # noqa: BLE001 - unreadable: `load` says why, with the file
+        return {}
+    out: dict[str, Any] = {"reg_tokens": int(reg)} if reg else {}
+    if "fc_norm.weight" in keys:
+        out["fc_norm"] = True
+    if "blocks.0.ls1.gamma" in keys:
+        out["layer_scale"] = float(args.get("init_values") or 1e-5)
+    return out
 
 
 def apply_init_hints(config: Any) -> dict[str, Any]:
@@ -185,7 +220,8 @@ def apply_init_hints(config: Any) -> dict[str, Any]:
         return {}
     model = config.get("model")
     todo = {k: v for k, v in init_hints(config.get("model_init")).items()
-            if model is None or model.get(k) is None}
+            if (model is None or model.get(k) is None)
+            and (k == "gelu" or config.get("model_name") != "polyvit")}
     if not todo:
         return {}
     with (config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext()):
@@ -226,7 +262,8 @@ def pp_from_pretrained_cfg(pcfg: Mapping[str, Any]) -> str:
 
 def _model_cfg_from_hints(hints: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("width", "depth", "mlp_dim", "num_heads", "patch_size", "pool_type", "cls_token",
-            "gelu", "posemb", "resnet_blocks", "resnet_width")
+            "gelu", "posemb", "resnet_blocks", "resnet_width", "reg_tokens", "fc_norm",
+            "layer_scale")
     out = {k: hints[k] for k in keys if k in hints}
     if hints.get("family") == "flexivit":
         out["base_patch_size"] = out["patch_size"]
@@ -250,8 +287,10 @@ def describe(path: str) -> str:
     name = {"vit": "vit", "flexivit": "flexivit", "hybrid": "hybrid"}[hints["family"]]
     pcfg = t["pretrained_cfg"]
     lines = [f"file: {t['file']}", f"architecture: {t['architecture']} (timm; vitx model_name="
-             f"{name!r})", f"parameters: {t['num_params']:,} in timm, {n:,} in vitx (the cls "
-             f"posemb slot folded into cls)", f"num_classes: {hints.get('num_classes')}",
+             f"{name!r})", f"parameters: {t['num_params']:,} in timm, {n:,} in vitx (prefix "
+             f"posemb slots folded into cls / registers)", f"dtype: {', '.join(t['dtypes'])}" + (
+                 " (upcast to float32)" if t["dtypes"] != ["float32"] else ""),
+             f"num_classes: {hints.get('num_classes')}",
              f"pretrained_cfg: {json.dumps(pcfg, sort_keys=True)}",
              f"pp (eval): {pp_from_pretrained_cfg(pcfg)}",
              f"model: {json.dumps(_model_cfg_from_hints(hints))}"]
@@ -306,8 +345,12 @@ def _export_args(model_name: str, model: Mapping[str, Any], params: Mapping[str,
             int(kh), int(kw)], img_size=[h, w], in_chans=c, no_embed_class=True,
         class_token="cls" in params, global_pool={"tok": "token", "gap": "avg",
                                                   "map": "map"}[pool])
-    if pool == "gap":
-        args["fc_norm"] = False
+    if pool == "gap" or "fc_norm" in params:
+        args["fc_norm"] = "fc_norm" in params
+    if "registers" in params:  # register tokens (vitx.models.vit_tokens)
+        args["reg_tokens"] = int(np.shape(params["registers"])[1])
+    if any("/LayerScale_" in k for k in flat):  # timm builds ls1/ls2 only with init_values
+        args["init_values"] = float(model.get("layer_scale") or 1e-5)
     if model.get("gelu", "tanh") == "tanh":
         args["act_layer"] = "gelu_tanh"
     if "pos_embedding" not in params:

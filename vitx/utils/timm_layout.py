@@ -8,14 +8,18 @@ tensors with '.' and stores PyTorch layouts; vitx stores big_vision's names (see
     timm                                        vitx
     patch_embed.proj.weight (D, C, P, P)        embedding/kernel (P, P, C, D)
     cls_token (1, 1, D)                         cls (+ pos_embed[:, :1] folded in, see below)
-    pos_embed (1, [1 +] N, D)                   pos_embedding (1, N, D)
+    pos_embed (1, [1 + R +] N, D)               pos_embedding (1, N, D)
     blocks.{i}.norm1 / norm2                    Transformer/encoderblock_{i}/LayerNorm_0 / _1
     blocks.{i}.attn.qkv.weight (3D, D)          .../MultiHeadDotProductAttention_0/{query,key,
                                                 value}/kernel (D, H, D/H), bias (H, D/H)
     blocks.{i}.attn.proj.weight (D, D)          .../MultiHeadDotProductAttention_0/out/kernel
                                                 (H, D/H, D)
     blocks.{i}.mlp.fc1 / fc2                    .../MlpBlock_0/Dense_0 / Dense_1 (kernel = W.T)
+    blocks.{i}.ls1.gamma / ls2.gamma (D,)       .../LayerScale_0 / _1/scale   (model.layer_scale)
     norm                                        Transformer/encoder_norm
+    fc_norm (norm after pooling; no `norm`)     fc_norm                       (model.fc_norm)
+    reg_token (1, R, D)                         registers (+ its pos_embed slots folded in)
+                                                                              (model.reg_tokens)
     attn_pool.{latent,q,kv,proj,norm,mlp}       MAPHead_0/{probe, ...query, key+value, out,
                                                 LayerNorm_0, MlpBlock_0}   (global_pool "map")
     head.weight (K, D)                          head/kernel (D, K)
@@ -24,16 +28,21 @@ tensors with '.' and stores PyTorch layouts; vitx stores big_vision's names (see
       .{conv1..3, norm1..3, downsample.conv,      conv_proj, gn_proj}
       downsample.norm}
 
-A timm posemb with a class slot (`no_embed_class=False`) is folded into the cls token
-(`cls + pos_embed[:, :1]`), exact because the cls token is a constant input (the same rule as
+A timm posemb with prefix slots (`no_embed_class=False`: one per class and register token) is
+folded into the cls token and the registers (`cls + pos_embed[:, :1]`, `reg +
+pos_embed[:, 1:1 + R]`), exact because these tokens are constant inputs (the same rule as
 `vitx.utils.npz` for vit_jax); vitx -> timm writes `no_embed_class=True`, so nothing is lost.
-timm's ViTs use the exact (erf) GELU, vitx's default is the tanh approximation: the loader
-reports `gelu="exact"` for the model config (`vitx.utils.timm_hub`).
+Register tokens, fc_norm and layer scale are `vitx.models.vit_tokens` (Darcet et al. 2024;
+MAE / BEiT; CaiT Sec. 3). timm's ViTs use the exact (erf) GELU, vitx's default is the tanh
+approximation: the loader reports `gelu="exact"` for the model config (`vitx.utils.timm_hub`).
 
-Not mapped (a one-line error names the keys): register tokens (`reg_token`), `fc_norm`
-(norm after pooling), layer scale (`ls1`/`ls2`), `qk_norm`, `norm_pre` (CLIP), distillation
-tokens (DeiT-distilled): vitx's ViT has none of these. Sources: timm 1.0 `VisionTransformer`,
-`_load_weights` (its big_vision .npz reader, the inverse of this mapping).
+Not mapped (a one-line error names the keys), as vitx's ViT has none of these: `qk_norm`
+(per-head LayerNorms with bias on q and k; flax's `normalize_qk` has no bias), `norm_pre` (CLIP
+towers, whose LayerNorms all use eps 1e-5 where vitx's use 1e-6), distillation tokens
+(DeiT-distilled: a second token with its own head, averaged with the cls head at eval and
+trained against a teacher; vitx has neither the head nor the distillation loss). Sources:
+timm 1.0 `VisionTransformer`, `_load_weights` (its big_vision .npz reader, the inverse of this
+mapping).
 """
 
 from __future__ import annotations
@@ -50,10 +59,8 @@ __all__ = ["FAMILIES", "from_timm", "infer_family", "to_timm"]
 
 Params = dict[str, Any]
 FAMILIES = ("vit", "flexivit", "hybrid")
-_UNSUPPORTED = (("reg_token", "register tokens"), ("fc_norm.", "fc_norm (norm after pooling)"),
-                (".ls1.", "layer scale"), (".ls2.", "layer scale"), ("q_norm.", "qk_norm"),
-                ("norm_pre.", "norm_pre"), ("dist_token", "a distillation token"),
-                ("head_dist.", "a distillation head"))
+_UNSUPPORTED = (("q_norm.", "qk_norm"), ("k_norm.", "qk_norm"), ("norm_pre.", "norm_pre"),
+                ("dist_token", "a distillation token"), ("head_dist.", "a distillation head"))
 _BLOCK = "Transformer/encoderblock_{}"
 MHA = "MultiHeadDotProductAttention_0"
 
@@ -155,12 +162,12 @@ def from_timm(sd: Mapping[str, np.ndarray], *, num_heads: int,
     size). `no_embed_class`: whether `pos_embed` lacks the cls slot (None: inferred, the slot
     is there when pos_embed has one token more than a square grid). The hints are the vitx
     `config.model` keys the weights imply: width, depth, mlp_dim, num_heads, patch_size,
-    pool_type, posemb_grid (gh, gw), num_classes, gelu="exact", family, and for hybrids
-    resnet_blocks / resnet_width.
+    pool_type, posemb_grid (gh, gw), num_classes, gelu="exact", family, for hybrids
+    resnet_blocks / resnet_width, and where present reg_tokens, fc_norm, layer_scale.
 
     Raises:
-      ValueError: not a timm ViT state dict, or one with parts vitx's ViT lacks (register
-        tokens, fc_norm, layer scale, ...), naming `file`, the keys and the fix.
+      ValueError: not a timm ViT state dict, or one with parts vitx's ViT lacks (qk_norm,
+        norm_pre, distillation tokens), naming `file`, the keys and the fix.
     """
     family = infer_family(sd)
     if family is None:
@@ -172,7 +179,8 @@ def from_timm(sd: Mapping[str, np.ndarray], *, num_heads: int,
     if bad:
         keys = sorted(k for k in sd if any(key in k for key, _ in _UNSUPPORTED))[:3]
         raise ValueError(f"{file}: this timm ViT has {', '.join(bad)} ({keys}), which vitx's "
-                         f"ViT does not implement; use a checkpoint without them")
+                         f"ViT does not implement; use a checkpoint without them (register "
+                         f"tokens, fc_norm and layer scale are mapped)")
     used: set[str] = set()
     out: Params = {}
     kernel = sd["patch_embed.proj.weight"]
@@ -183,23 +191,36 @@ def from_timm(sd: Mapping[str, np.ndarray], *, num_heads: int,
         block = {"LayerNorm_0": _ln(sd, p + "norm1"), "LayerNorm_1": _ln(sd, p + "norm2"),
                  MHA: _mha_in(sd, p + "attn.", num_heads, f"{file}: {p}attn"),
                  "MlpBlock_0": _mlp_in(sd, p + "mlp.")}
+        for j in (0, 1):  # layer scale (CaiT Sec. 3): ls1 / ls2 -> LayerScale_0 / _1
+            if f"{p}ls{j + 1}.gamma" in sd:
+                block[f"LayerScale_{j}"] = {"scale": sd[f"{p}ls{j + 1}.gamma"]}
         out.setdefault("Transformer", {})[f"encoderblock_{i}"] = block
         used.update(k for k in sd if k.startswith(p))
-    out["Transformer"]["encoder_norm"] = _ln(sd, "norm")
-    used.update({"patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"})
     width = kernel.shape[0]
     hints: dict[str, Any] = dict(family=family, width=int(width), depth=depth,
                                  mlp_dim=int(sd["blocks.0.mlp.fc1.weight"].shape[0]),
                                  num_heads=int(num_heads), patch_size=tuple(kernel.shape[2:]),
                                  gelu="exact")
+    if "blocks.0.ls1.gamma" in sd:
+        hints["layer_scale"] = 1e-5  # timm's init_values default; the loaded gammas win
+    if "fc_norm.weight" in sd:  # norm after pooling, none on the tokens
+        out["fc_norm"] = _ln(sd, "fc_norm")
+        hints["fc_norm"] = True
+    else:
+        out["Transformer"]["encoder_norm"] = _ln(sd, "norm")
+    norm = "fc_norm" if "fc_norm" in out else "norm"
+    used.update({"patch_embed.proj.weight", "patch_embed.proj.bias", f"{norm}.weight",
+                 f"{norm}.bias"})
     n_pos = sd["pos_embed"].shape[1] if "pos_embed" in sd else 0
     has_cls = "cls_token" in sd
+    n_reg = int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0
+    prefix = int(has_cls) + n_reg  # class + register tokens (timm's num_prefix_tokens)
     if no_embed_class is None:
-        no_embed_class = not (has_cls and _is_square(n_pos - 1) and not _is_square(n_pos))
-    if "pos_embed" in sd:
-        pe = np.asarray(sd["pos_embed"])
-        slot = has_cls and not no_embed_class
-        out["pos_embedding"] = pe[:, 1:] if slot else pe
+        no_embed_class = not (prefix and _is_square(n_pos - prefix) and not _is_square(n_pos))
+    pe = np.asarray(sd["pos_embed"]) if "pos_embed" in sd else None
+    slot = 0 if no_embed_class or pe is None else prefix
+    if pe is not None:
+        out["pos_embedding"] = pe[:, slot:]
         side = int(round((n_pos - slot) ** 0.5))
         hints["posemb_grid"] = (side, side)
         used.add("pos_embed")
@@ -207,10 +228,13 @@ def from_timm(sd: Mapping[str, np.ndarray], *, num_heads: int,
         hints["posemb"] = "none"
     if has_cls:
         cls = np.asarray(sd["cls_token"])
-        if "pos_embed" in sd and not no_embed_class:
-            cls = cls + np.asarray(sd["pos_embed"])[:, :1]
-        out["cls"] = cls
+        out["cls"] = cls + pe[:, :1] if slot else cls
         used.add("cls_token")
+    if n_reg:  # register tokens (Darcet et al. 2024): their posemb slots folded in, as cls's
+        reg = np.asarray(sd["reg_token"])
+        out["registers"] = reg + pe[:, int(has_cls):prefix] if slot else reg
+        hints["reg_tokens"] = n_reg
+        used.add("reg_token")
     if "attn_pool.latent" in sd:
         mh = {"probe": sd["attn_pool.latent"], MHA: _mha_in(
             sd, "attn_pool.", num_heads, f"{file}: attn_pool", q="q", kv="kv"),
@@ -296,6 +320,8 @@ def to_timm(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     sd["patch_embed.proj.bias"] = np.asarray(params["embedding"]["bias"])
     if "cls" in params:
         sd["cls_token"] = np.asarray(params["cls"])
+    if "registers" in params:
+        sd["reg_token"] = np.asarray(params["registers"])
     if "pos_embedding" in params:
         sd["pos_embed"] = np.asarray(params["pos_embedding"])
     t = params["Transformer"]
@@ -306,7 +332,13 @@ def to_timm(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
         _mha_out(b[MHA], p + "attn.", sd)
         _ln_out(b["LayerNorm_1"], p + "norm2", sd)
         _mlp_out(b["MlpBlock_0"], p + "mlp.", sd)
-    _ln_out(t["encoder_norm"], "norm", sd)
+        for j in (0, 1):
+            if f"LayerScale_{j}" in b:
+                sd[f"{p}ls{j + 1}.gamma"] = np.asarray(b[f"LayerScale_{j}"]["scale"])
+    if "encoder_norm" in t:
+        _ln_out(t["encoder_norm"], "norm", sd)
+    if "fc_norm" in params:
+        _ln_out(params["fc_norm"], "fc_norm", sd)
     if "MAPHead_0" in params:
         m = params["MAPHead_0"]
         sd["attn_pool.latent"] = np.asarray(m["probe"])
