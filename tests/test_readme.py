@@ -10,8 +10,11 @@ small-step overrides appended (`SMALL`): training and benchmarks are shortened, 
 A command the test must not run (the test suite itself, a pod launch) carries the comment
 `# readme-test: skip` in the README, and is skipped by that mark. A command that exits non-zero
 fails the test, with its output. The commands of all pytest workers share one persistent JAX
-compilation cache, and compile with the session's `TEST_XLA_FLAGS` (tests/conftest.py): same
-commands and results; only compile time is saved.
+compilation cache, and compile with the session's `TEST_XLA_FLAGS` (tests/conftest.py), and
+the `vitx` they find on PATH starts warm: a fork server that imported vitx, JAX and TensorFlow
+once per worker (tests/zygote.py; each command is still its own process, run by bash as
+written). Same commands and results; only compile and import time are saved. A command that
+names `.venv/bin/vitx` (`make train`) or `python` starts cold, as typed.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
+import zygote
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP_MARK = "# readme-test: skip"
@@ -197,15 +202,66 @@ def _repo_copy(dst: str, tfds: str) -> str:
     return dst
 
 
-@pytest.mark.parametrize("group", GROUPS, ids=[
-    f"{i}-{g[0].split()[0]}-{len(g)}" for i, g in enumerate(GROUPS)])
-def test_readme_commands_run_as_written(group, shared_tfds, shared_dir, tmp_path):
-    repo = _repo_copy(str(tmp_path / "vitx"), shared_tfds)
+def _readme_env(repo: str, shared_dir) -> dict[str, str]:
     env = dict(os.environ, PATH=os.path.join(repo, ".venv", "bin") + os.pathsep
                + os.environ["PATH"])
-    cache = shared_dir / "readme_jax_cache"  # one for all pytest workers
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(shared_dir / "readme_jax_cache")  # all workers
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return env
+
+
+@pytest.fixture(scope="session")
+def warm_vitx(shared_dir, tmp_path_factory):
+    """A `vitx` that starts warm (tests/zygote.py: a fork server that imported vitx, JAX and
+    TensorFlow once), for this worker's README commands: the folder to put first on PATH."""
+    bin_dir = str(tmp_path_factory.mktemp("warm_vitx"))
+    server = zygote.start(bin_dir, _readme_env(ROOT, shared_dir))
+    yield bin_dir
+    server.terminate()
+    server.wait(timeout=60)
+
+
+def test_warm_vitx_acts_as_vitx(warm_vitx, tmp_path):
+    """The warm `vitx` prints and exits as the installed one: a bad config argument (stderr,
+    exit 2) and a command with an environment prefix and a redirection in another cwd; and
+    killing it (kill -9, as a test timeout does) ends the command it started."""
+    real = os.path.join(ROOT, ".venv", "bin", "vitx")
+    cmds = ["{} train --config configs/vit_digits.py:stpes=3 --workdir w",
+            "cd {tmp} && X=1 {} info " + os.path.join(ROOT, "tests/fixtures/timm/vit_c1")
+            + " > info.txt; cat info.txt"]
+    for cmd in cmds:
+        outs = [subprocess.run(["bash", "-c", cmd.format(exe, tmp=tmp_path)], cwd=ROOT,
+                               capture_output=True, text=True)
+                for exe in (real, os.path.join(warm_vitx, "vitx"))]
+        assert [(o.returncode, o.stdout, o.stderr.splitlines()[-1:]) for o in outs[1:]] == [
+            (outs[0].returncode, outs[0].stdout, outs[0].stderr.splitlines()[-1:])], cmd
+    assert outs[0].returncode == 0 and "vit" in outs[0].stdout
+    shim = subprocess.Popen([os.path.join(warm_vitx, "vitx"), "train", "--config",
+                             "configs/vit_digits.py", "--workdir", str(tmp_path / "w")],
+                            cwd=ROOT)
+    with open(os.path.join(warm_vitx, "zygote.pid")) as f:
+        server = f.read().strip()
+
+    def running() -> bool:  # a command the server forked is alive
+        return subprocess.run(["pgrep", "-P", server], capture_output=True).returncode == 0
+    deadline = time.monotonic() + 30
+    while not running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running()
+    shim.kill()
+    shim.wait()
+    deadline = time.monotonic() + 30
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running()
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=[
+    f"{i}-{g[0].split()[0]}-{len(g)}" for i, g in enumerate(GROUPS)])
+def test_readme_commands_run_as_written(group, shared_tfds, shared_dir, warm_vitx, tmp_path):
+    repo = _repo_copy(str(tmp_path / "vitx"), shared_tfds)
+    env = _readme_env(repo, shared_dir)
+    env["PATH"] = warm_vitx + os.pathsep + env["PATH"]  # `vitx` starts warm (zygote.py)
     for command in group:
         cmd = with_small_steps(command)
         out = subprocess.run(["bash", "-c", cmd], cwd=repo, env=env, capture_output=True,
