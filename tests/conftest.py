@@ -40,6 +40,21 @@ def _user_cache_in_tmp(shared_dir):
 
 
 @pytest.fixture(scope="session")
+def warm_vitx(tmp_path_factory: pytest.TempPathFactory):
+    """A folder holding a `vitx` that starts warm (tests/zygote.py: a fork server that imported
+    vitx, JAX and TensorFlow once for this worker): run `warm_vitx/vitx ...` (or put the folder
+    first on PATH) wherever a test would start `python -m vitx.cli` only to pay the imports.
+    Each command is still its own process, with its own argv, cwd, environment and signals."""
+    import zygote
+
+    bin_dir = str(tmp_path_factory.mktemp("warm_vitx"))
+    server = zygote.start(bin_dir, dict(os.environ))
+    yield bin_dir
+    server.terminate()
+    server.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A TFDS data_dir holding the real `digits` dataset, built once per test session."""
     from vitx.data.builders import ensure_built

@@ -270,11 +270,10 @@ def test_opt_target_npz_is_found_by_itself(finished, tmp_path):
     assert npz.AUTO_SUBTREES == ("opt/target", "params")
 
 
-def test_batch_not_dividing_devices_in_a_real_process(data_dir, finished, tmp_path):
+def test_batch_not_dividing_devices_in_a_real_process(data_dir, finished, tmp_path, warm_vitx):
     """`vitx train` as a subprocess on 4 simulated devices: a batch of 30 is one error line on
     stderr, exit status 2, no traceback, the workdir untouched."""
     import subprocess
-    import sys
 
     workdir = str(tmp_path / "copy")
     shutil.copytree(finished, workdir)
@@ -282,7 +281,7 @@ def test_batch_not_dividing_devices_in_a_real_process(data_dir, finished, tmp_pa
     env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
                                      + " --xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    cmd = [sys.executable, "-m", "vitx.cli", "train", "--workdir", workdir,
+    cmd = [os.path.join(warm_vitx, "vitx"), "train", "--workdir", workdir,
            "--config", CONFIG_FILE, *(f"--config.{o}" for o in [*TINY, f"data_dir={data_dir}"]),
            "--config.input.batch_size=30"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

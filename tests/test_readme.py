@@ -28,7 +28,6 @@ import sys
 import time
 
 import pytest
-import zygote
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP_MARK = "# readme-test: skip"
@@ -208,17 +207,6 @@ def _readme_env(repo: str, shared_dir) -> dict[str, str]:
     env["JAX_COMPILATION_CACHE_DIR"] = str(shared_dir / "readme_jax_cache")  # all workers
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     return env
-
-
-@pytest.fixture(scope="session")
-def warm_vitx(shared_dir, tmp_path_factory):
-    """A `vitx` that starts warm (tests/zygote.py: a fork server that imported vitx, JAX and
-    TensorFlow once), for this worker's README commands: the folder to put first on PATH."""
-    bin_dir = str(tmp_path_factory.mktemp("warm_vitx"))
-    server = zygote.start(bin_dir, _readme_env(ROOT, shared_dir))
-    yield bin_dir
-    server.terminate()
-    server.wait(timeout=60)
 
 
 def test_warm_vitx_acts_as_vitx(warm_vitx, tmp_path):

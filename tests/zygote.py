@@ -12,8 +12,9 @@ own cwd, environment, descriptors and signal handlers; JAX and XLA read their en
 the backend starts (after the fork), and the server never starts a backend.
 
 The shim forwards SIGTERM/SIGINT to the child and the child exits when its shim goes away, so
-killing a command kills it. Used only by tests/test_readme.py; a test of its own checks that a
-command run through it prints and exits exactly as the real `vitx` does.
+killing the shim (even with SIGKILL) kills the command with SIGKILL. The `warm_vitx` fixture
+(tests/conftest.py) starts one per pytest worker; tests/test_readme.py checks that a command run
+through it prints and exits as the installed `vitx` does.
 """
 
 from __future__ import annotations
@@ -98,11 +99,11 @@ def child(conn, req, fds):
             if current != value:
                 jax.config.update(name.lower(), value)
 
-    def watch():  # the shim is gone (killed): end the command too
+    def watch():  # the shim is gone (killed): end the command as abruptly
         try:
             conn.recv(1)
         finally:
-            os._exit(137)
+            os.kill(os.getpid(), signal.SIGKILL)
     threading.Thread(target=watch, daemon=True).start()
     sys.argv = ["vitx", *req["argv"]]
     code = 1
@@ -134,13 +135,17 @@ while True:
 
 
 def start(bin_dir: str, env: dict[str, str], timeout: float = 300) -> subprocess.Popen:
-    """Starts the server with `env` and writes the shim `bin_dir/vitx`; returns the server's
-    process (terminate it when done). Raises RuntimeError if it is not ready in `timeout` s."""
+    """Starts the server with `env` (less its JAX_* variables) and writes the shim
+    `bin_dir/vitx` and `bin_dir/zygote.pid`; returns the server's process (terminate it when
+    done). Raises RuntimeError if it is not ready in `timeout` s."""
     os.makedirs(bin_dir, exist_ok=True)
     sock = os.path.join(bin_dir, "zygote.sock")
     for stale in (sock, sock + ".ready"):
         if os.path.exists(stale):
             os.remove(stale)
+    # No JAX_* in the server: jax reads them at import, so its config starts at the defaults and
+    # each command applies its own (a command without JAX_COMPILATION_CACHE_DIR has none).
+    env = {k: v for k, v in env.items() if not k.startswith("JAX_")}
     proc = subprocess.Popen([sys.executable, "-c", SERVER, sock], env=env,
                             stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
@@ -156,3 +161,16 @@ def start(bin_dir: str, env: dict[str, str], timeout: float = 300) -> subprocess
         f.write(SHIM.format(python=sys.executable, sock=sock))
     os.chmod(shim, 0o755)
     return proc
+
+
+def wait_idle(bin_dir: str, timeout: float = 60) -> None:
+    """Waits until no command forked by the server of `bin_dir` is alive (after killing a shim
+    with SIGKILL its command follows within milliseconds; a real SIGKILL is instant). Raises
+    TimeoutError after `timeout` s."""
+    with open(os.path.join(bin_dir, "zygote.pid")) as f:
+        server = f.read().strip()
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["pgrep", "-P", server], capture_output=True).returncode == 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"commands of the vitx fork server {server} still alive")
+        time.sleep(0.02)

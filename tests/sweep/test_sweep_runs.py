@@ -212,13 +212,13 @@ TINY = [  # tests/train/test_trainer.py's tiny run, 4 steps
 ]
 
 
-def test_grid_sweep_interrupted_and_resumed(tmp_path):
+def test_grid_sweep_interrupted_and_resumed(tmp_path, warm_vitx):
     from vitx.data.builders import ensure_built
 
     data_dir = str(tmp_path / "tfds")
     ensure_built("digits", data_dir)
     d = str(tmp_path / "sweep")
-    cmd = [sys.executable, "-m", "vitx.cli", "sweep", "--config", "configs/vit_digits.py",
+    cmd = [os.path.join(warm_vitx, "vitx"), "sweep", "--config", "configs/vit_digits.py",
            "--dir", d, "--sweep", "config.lr=[1e-3,3e-4]", "--sweep", "config.wd=[0.0,0.1]",
            *(f"--config.{o}" for o in TINY), f"--config.data_dir={data_dir}"]
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),

@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+import zygote
 
 from vitx.utils import checkpoints
 
@@ -31,8 +32,8 @@ TINY = [
 ]
 
 
-def _cmd(workdir: str, data_dir: str) -> list[str]:
-    return [sys.executable, "-m", "vitx.cli", "train", "--config", "configs/vit_digits.py",
+def _cmd(vitx: list[str], workdir: str, data_dir: str) -> list[str]:
+    return [*vitx, "train", "--config", "configs/vit_digits.py",
             "--workdir", workdir, f"--config.data_dir={data_dir}",
             *(f"--config.{o}" for o in TINY)]
 
@@ -71,10 +72,14 @@ def _params(workdir: str) -> list[tuple[str, bytes]]:
     return flat
 
 
-def test_ten_kill9_then_resume_is_bitwise_and_loses_no_checkpoint(data_dir, tmp_path):
+def test_ten_kill9_then_resume_is_bitwise_and_loses_no_checkpoint(data_dir, tmp_path,
+                                                                   warm_vitx):
     env = _env(str(tmp_path / "jax_cache"))
     ref = str(tmp_path / "reference")
-    out = subprocess.run(_cmd(ref, data_dir), cwd=REPO, env=env, capture_output=True,
+    # the reference run starts cold (`python -m vitx.cli`); the killed lives and the final
+    # resume start warm (conftest.warm_vitx): killing the warm `vitx` SIGKILLs its command
+    cold, warm = [sys.executable, "-m", "vitx.cli"], [os.path.join(warm_vitx, "vitx")]
+    out = subprocess.run(_cmd(cold, ref, data_dir), cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
@@ -85,7 +90,7 @@ def test_ten_kill9_then_resume_is_bitwise_and_loses_no_checkpoint(data_dir, tmp_
         before = _finalized(workdir)
         lines0 = _lines(workdir)
         want = rng.randint(0, 6)
-        proc = subprocess.Popen(_cmd(workdir, data_dir), cwd=REPO, env=env,
+        proc = subprocess.Popen(_cmd(warm, workdir, data_dir), cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 180
         while (proc.poll() is None and _lines(workdir) - lines0 < want
@@ -97,11 +102,12 @@ def test_ten_kill9_then_resume_is_bitwise_and_loses_no_checkpoint(data_dir, tmp_
         kills_during_training += _lines(workdir) > lines0
         proc.kill()  # SIGKILL: no handler runs, an async write may be cut anywhere
         proc.wait()
+        zygote.wait_idle(warm_vitx)  # the command the warm vitx ran is gone too
         after = _finalized(workdir)
         assert before <= after, f"life {life}: finalized checkpoints lost: {before - after}"
     assert kills_during_training >= 5, "too few kills landed while training"
 
-    out = subprocess.run(_cmd(workdir, data_dir), cwd=REPO, env=env, capture_output=True,
+    out = subprocess.run(_cmd(warm, workdir, data_dir), cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     with open(os.path.join(workdir, "results.json")) as f:

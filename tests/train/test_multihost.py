@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,13 +29,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(workdir: str, data_dir: str, port: int, log_dir: str, tag: str) -> list:
+def _start(workdir: str, data_dir: str, port: int, log_dir: str, tag: str,
+           vitx: str) -> list:
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
                          + " --xla_force_host_platform_device_count=1")
     procs = []
     for i in range(2):
-        cmd = [sys.executable, "-m", "vitx.cli", "train", "--distributed",
+        cmd = [vitx, "train", "--distributed",
                "--coordinator_address", f"localhost:{port}", "--num_processes", "2",
                "--process_id", str(i), "--config", "configs/vit_digits.py",
                "--workdir", workdir, f"--config.data_dir={data_dir}",
@@ -76,9 +76,10 @@ def _ckpt_steps(workdir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
 
 
-def test_two_processes_sigterm_on_one_stop_together_and_resume(data_dir, tmp_path):
+def test_two_processes_sigterm_on_one_stop_together_and_resume(data_dir, tmp_path, warm_vitx):
     workdir, logs = str(tmp_path / "run"), str(tmp_path)
-    procs = _start(workdir, data_dir, _free_port(), logs, "first")
+    vitx = os.path.join(warm_vitx, "vitx")
+    procs = _start(workdir, data_dir, _free_port(), logs, "first", vitx)
     try:
         deadline = time.monotonic() + 300
         while len(_logged_steps(workdir)) < 10:  # training is under way on both
@@ -101,7 +102,7 @@ def test_two_processes_sigterm_on_one_stop_together_and_resume(data_dir, tmp_pat
     assert not os.path.exists(os.path.join(workdir, "results.json"))
     assert max(_logged_steps(workdir)) == stop  # only process 0 logs; nothing past the stop
 
-    results = _finish(_start(workdir, data_dir, _free_port(), logs, "resume"), timeout=300)
+    results = _finish(_start(workdir, data_dir, _free_port(), logs, "resume", vitx), timeout=300)
     for i, (rc, out) in enumerate(results):
         assert rc == 0, f"resumed process {i} exit status {rc}:\n{out[-3000:]}"
         assert f"vitx: resumed from {workdir}/checkpoints/{stop}" in out, out[-3000:]

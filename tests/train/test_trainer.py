@@ -17,7 +17,6 @@ import queue
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -262,10 +261,11 @@ class _Proc:
         return self.proc.returncode, "".join(self.seen)
 
 
-def test_sigterm_saves_and_the_same_command_resumes(data_dir, tmp_path, compile_cache):
+def test_sigterm_saves_and_the_same_command_resumes(data_dir, tmp_path, compile_cache,
+                                                     warm_vitx):
     total = 400
     workdir = str(tmp_path / "wd")
-    cmd = [sys.executable, "-m", "vitx.cli", "train", "--config", CONFIG_FILE,
+    cmd = [os.path.join(warm_vitx, "vitx"), "train", "--config", CONFIG_FILE,
            "--workdir", workdir,
            *(f"--config.{o}" for o in TINY),
            f"--config.data_dir={data_dir}", f"--config.total_steps={total}",
