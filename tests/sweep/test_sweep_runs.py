@@ -212,11 +212,7 @@ TINY = [  # tests/train/test_trainer.py's tiny run, 4 steps
 ]
 
 
-def test_grid_sweep_interrupted_and_resumed(tmp_path, warm_vitx):
-    from vitx.data.builders import ensure_built
-
-    data_dir = str(tmp_path / "tfds")
-    ensure_built("digits", data_dir)
+def test_grid_sweep_interrupted_and_resumed(tmp_path, warm_vitx, data_dir):
     d = str(tmp_path / "sweep")
     cmd = [os.path.join(warm_vitx, "vitx"), "sweep", "--config", "configs/vit_digits.py",
            "--dir", d, "--sweep", "config.lr=[1e-3,3e-4]", "--sweep", "config.wd=[0.0,0.1]",

@@ -69,13 +69,9 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
+def result(tmp_path_factory, data_dir):
     import json
 
-    from vitx.data.builders import ensure_built
-
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    ensure_built("digits", data_dir)
     work = str(tmp_path_factory.mktemp("bn"))
     env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
                                      + " --xla_force_host_platform_device_count=8",

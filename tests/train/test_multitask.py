@@ -35,13 +35,8 @@ def tiny(data_dir: str, schedule: str = "weighted"):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    from vitx.data.builders import ensure_built
-
-    d = str(tmp_path_factory.mktemp("tfds"))
-    for name in ("digits", "moving_digits", "dtmf_keys"):
-        ensure_built(name, d)
-    return d
+def data_dir(multimodal_data_dir) -> str:
+    return multimodal_data_dir  # built once per session (conftest)
 
 
 def _run(config, workdir: str) -> dict:
