@@ -19,9 +19,10 @@ the same model after one step at learning rate 0 (its params are the seed's init
 `eval59` the same model with one evaluator, `fewshot` (`fewshot_linear`: closed-form ridge
 regression on standardised frozen features to {-1, 1}^5, L2 picked on a held-out 20 % of each
 class; shots 1, 5, 10 drawn from the 5-9 train scans, 5 draws; accuracy on the 180 test scans
-of 5-9). Measured, seed 0 only (2-core AMD EPYC shared with ~20 jobs; pretraining 1,823 s
-there, 98.3 % on the 0-4 test scans): pretrained 39.6 / 62.8 / 72.2 % at 1 / 5 / 10 shots vs
-random init 38.0 / 56.3 / 64.1 % (std over the 5 draws 3-6 points); the README table.
+of 5-9). Measured over seeds 0, 1, 2 (2-core AMD EPYC, shared with other jobs: pretraining
+took 146-1,823 s; 98.1 +- 0.7 % on the 0-4 test scans): pretrained 36.0 +- 3.8 / 59.9 +- 2.4 /
+68.7 +- 2.8 % at 1 / 5 / 10 shots vs random init 38.1 +- 1.0 / 57.3 +- 0.7 / 64.4 +- 0.8 %; the
+README table.
 """
 
 import os
