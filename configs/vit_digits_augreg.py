@@ -6,10 +6,10 @@ Command (resumable, re-run the same line after an interruption):
   vitx train --config configs/vit_digits_augreg.py --workdir workdirs/vit_augreg \
       --config.data_dir=data/tfds
 
-Expected result: NOT MEASURED YET. `python scripts/recipe_table.py ablation --run` trains the
-ablation (seeds 0, 1, 2 of every row) and prints the README table ("The recipe on digits"). On
-the 2-core AMD EPYC, shared with ~20 other jobs when this was written, the first run made 0.13
-steps/s and was stopped at step 50 (its checkpoint resumes). Measured: the input pipeline keeps
+Expected result: NOT MEASURED YET (over 3 seeds). `python scripts/recipe_table.py ablation --run`
+trains the ablation (seeds 0, 1, 2 of every row) and prints the README table ("The recipe on
+digits"); a single seed-0 run (1,637 s on the shared 2-core AMD EPYC) ended below `make
+train`'s baseline, EMA weights below raw ones (see the README). Measured: the input pipeline keeps
 x1.011 of the synthetic step rate (`vitx bench --config configs/vit_digits_augreg.py
 --config.data_dir=data/tfds --steps 20`), and a 3-step run of the command above ends with
 `test/...` and `test_ema/...` metrics.
