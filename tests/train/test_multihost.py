@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,13 +31,13 @@ def _free_port() -> int:
 
 
 def _start(workdir: str, data_dir: str, port: int, log_dir: str, tag: str,
-           vitx: str) -> list:
+           vitx: list[str]) -> list:
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
                          + " --xla_force_host_platform_device_count=1")
     procs = []
     for i in range(2):
-        cmd = [vitx, "train", "--distributed",
+        cmd = [*vitx, "train", "--distributed",
                "--coordinator_address", f"localhost:{port}", "--num_processes", "2",
                "--process_id", str(i), "--config", "configs/vit_digits.py",
                "--workdir", workdir, f"--config.data_dir={data_dir}",
@@ -76,9 +77,12 @@ def _ckpt_steps(workdir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
 
 
-def test_two_processes_sigterm_on_one_stop_together_and_resume(data_dir, tmp_path, warm_vitx):
+def test_two_processes_sigterm_on_one_stop_together_and_resume(data_dir, tmp_path):
     workdir, logs = str(tmp_path / "run"), str(tmp_path)
-    vitx = os.path.join(warm_vitx, "vitx")
+    # cold processes (`python -m vitx.cli`): a warm one (conftest.warm_vitx) ends with
+    # os._exit, skipping jax.distributed's exit handler, and the other process then sees the
+    # coordinator vanish
+    vitx = [sys.executable, "-m", "vitx.cli"]
     procs = _start(workdir, data_dir, _free_port(), logs, "first", vitx)
     try:
         deadline = time.monotonic() + 300
