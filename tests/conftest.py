@@ -120,7 +120,9 @@ SLOW_FIRST = ("test_readme.py", "train/test_kill9.py", "train/test_batch_stats.p
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order the slow files first, and keep every test that uses a module-scoped fixture on one
     pytest-xdist worker (`--dist loadgroup`, as `make test` runs): otherwise each worker would
-    build the same module fixture (a trained run) once more."""
+    build the same module fixture (a trained run) once more. (xdist 3.8 groups by renaming the
+    node id, which pytest 9 ignores: hence pytest 8.4 in pyproject.toml; tests/test_xdist_groups.py
+    checks that a module fixture is built once.)"""
     def rank(item: pytest.Item) -> int:
         path = item.nodeid.split("::")[0]
         return next((i for i, s in enumerate(SLOW_FIRST) if s in path), len(SLOW_FIRST))
