@@ -15,8 +15,8 @@ The shim forwards SIGTERM/SIGINT to the child and the child exits when its shim 
 killing the shim (even with SIGKILL) kills the command with SIGKILL. A command ends with
 `os._exit` (no atexit handlers): not for `--distributed` runs whose exit status a test checks
 (jax.distributed's exit handler must run; tests/train/test_multihost.py starts cold). The
-`warm_vitx` fixture (tests/conftest.py) starts one per pytest worker; tests/test_readme.py checks that a command run
-through it prints and exits as the installed `vitx` does.
+`warm_vitx` fixture (tests/conftest.py) starts one per pytest worker; tests/test_readme.py
+checks that a command run through it prints and exits as the installed `vitx` does.
 """
 
 from __future__ import annotations
