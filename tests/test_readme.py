@@ -13,7 +13,8 @@ fails the test, with its output. The commands of all pytest workers share one pe
 compilation cache, and compile with the session's `TEST_XLA_FLAGS` (tests/conftest.py), and
 the `vitx` they find on PATH starts warm: a fork server that imported vitx, JAX and TensorFlow
 once per worker (tests/zygote.py; each command is still its own process, run by bash as
-written). Same commands and results; only compile and import time are saved. A command that
+written), and so do the trials of `vitx sweep` (`VITX_SWEEP_TRAIN_COMMAND`). Same commands and
+results; only compile and import time are saved. A command that
 names `.venv/bin/vitx` (`make train`) or `python` starts cold, as typed.
 """
 
@@ -250,6 +251,7 @@ def test_readme_commands_run_as_written(group, shared_tfds, shared_dir, warm_vit
     repo = _repo_copy(str(tmp_path / "vitx"), shared_tfds)
     env = _readme_env(repo, shared_dir)
     env["PATH"] = warm_vitx + os.pathsep + env["PATH"]  # `vitx` starts warm (zygote.py)
+    env["VITX_SWEEP_TRAIN_COMMAND"] = os.path.join(warm_vitx, "vitx")  # and so do sweep trials
     for command in group:
         cmd = with_small_steps(command)
         out = subprocess.run(["bash", "-c", cmd], cwd=repo, env=env, capture_output=True,

@@ -218,7 +218,8 @@ def test_grid_sweep_interrupted_and_resumed(tmp_path, warm_vitx, data_dir):
            "--dir", d, "--sweep", "config.lr=[1e-3,3e-4]", "--sweep", "config.wd=[0.0,0.1]",
            *(f"--config.{o}" for o in TINY), f"--config.data_dir={data_dir}"]
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", TF_CPP_MIN_LOG_LEVEL="2")
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", TF_CPP_MIN_LOG_LEVEL="2",
+               VITX_SWEEP_TRAIN_COMMAND=os.path.join(warm_vitx, "vitx"))  # trials start warm
 
     first = subprocess.run([*cmd, "--max-trials", "2"], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=300)
@@ -251,3 +252,15 @@ def test_grid_sweep_interrupted_and_resumed(tmp_path, warm_vitx, data_dir):
     with open(os.path.join(d, "summary.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "best test/accuracy=" in second.stdout
+
+
+def test_train_command_from_the_environment(monkeypatch):
+    from vitx.sweep import runner
+
+    monkeypatch.delenv(runner.TRAIN_COMMAND_ENV, raising=False)
+    assert runner.default_train_command() == [sys.executable, "-m", "vitx.cli"]
+    monkeypatch.setenv(runner.TRAIN_COMMAND_ENV, "taskset -c 0 '/opt/my env/vitx'")
+    assert runner.default_train_command() == ["taskset", "-c", "0", "/opt/my env/vitx"]
+    monkeypatch.setenv(runner.TRAIN_COMMAND_ENV, " ")
+    with pytest.raises(runner.SweepError, match="VITX_SWEEP_TRAIN_COMMAND is set but empty"):
+        runner.default_train_command()

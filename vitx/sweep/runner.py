@@ -10,6 +10,7 @@ import fcntl
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,10 +23,32 @@ from vitx.sweep.grid import SweepError, trial_name
 from vitx.sweep.plan import SweepPlan
 from vitx.sweep.study import owner
 
-__all__ = ["POLL_SECONDS", "TrialFailed", "TrialInterrupted", "TrialRunner"]
+__all__ = ["POLL_SECONDS", "TRAIN_COMMAND_ENV", "TrialFailed", "TrialInterrupted", "TrialRunner",
+           "default_train_command"]
 
 #: Seconds between polls of a running trial (exit status, new eval metrics for pruning).
 POLL_SECONDS = 1.0
+
+#: The environment variable that replaces the command starting a trial's trainer (split like
+#: a shell command; `train ...` is appended), e.g. a wrapper that pins each trial to some cores
+#: or a launcher of a cluster. Default: this Python's `python -m vitx.cli`.
+TRAIN_COMMAND_ENV = "VITX_SWEEP_TRAIN_COMMAND"
+
+
+def default_train_command() -> list[str]:
+    """`$VITX_SWEEP_TRAIN_COMMAND` split like a shell command, else `python -m vitx.cli` of the
+    running Python.
+
+    Raises:
+      SweepError: the variable is set but empty.
+    """
+    value = os.environ.get(TRAIN_COMMAND_ENV)
+    if value is None:
+        return [sys.executable, "-m", "vitx.cli"]
+    if not value.strip():
+        raise SweepError(f"{TRAIN_COMMAND_ENV} is set but empty; unset it or name a command "
+                         "that runs vitx, e.g. 'python -m vitx.cli'")
+    return shlex.split(value)
 
 
 class TrialFailed(Exception):
@@ -69,7 +92,7 @@ class TrialRunner:
                  train_command: Sequence[str] | None = None,
                  env: Mapping[str, str] | None = None, poll_seconds: float = POLL_SECONDS):
         self.plan, self.dir = plan, directory
-        self.train_command = list(train_command or [sys.executable, "-m", "vitx.cli"])
+        self.train_command = list(train_command or default_train_command())
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.poll_seconds = poll_seconds
         self.stopping = threading.Event()

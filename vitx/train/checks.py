@@ -53,17 +53,24 @@ def first_line(e: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def probe_loss(model: Any, route: Route, plan_kw: dict) -> None:
+def probe_loss(model: Any, route: Route, plan_kw: dict, variables: Any = None) -> None:
     """Trace (abstractly: no compute, no memory) init + forward + the task's loss on a dummy
     batch of the route's data, so a loss that does not fit the model's outputs or the batch
     (labels key missing, num_classes vs label depth) fails here, before anything is written.
+
+    `variables`: the route's abstract variables (`state.abstract_variables`) when the caller
+    traced them already, so init is not traced again; else the probe traces init too.
 
     Raises:
       ConfigError: the loss is not one value per example, or the task and data disagree.
       TypeError / KeyError / ValueError: whatever the trace raises (the caller names it).
     """
     kw = {**route.model_kw, **plan_kw}
-    init = state_lib.init_variables_fn(model, route.task, route.spec, kw)
+    if variables is None:
+        init = state_lib.init_variables_fn(model, route.task, route.spec, kw)
+    else:
+        def init(rng: jax.Array) -> Any:  # the variables are given
+            return variables
     batch_spec = {k: jax.ShapeDtypeStruct((2, *shape), dtype)
                   for k, (shape, dtype) in route.spec.items()}
     key = "task" if route.name is None else f"multitask.tasks[{route.name!r}].task"

@@ -30,6 +30,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._announced = False
         self._old: dict[int, Any] = {}
         self.multi_process = jax.process_count() > 1
 
@@ -43,21 +44,26 @@ class StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        # No printing here: the handler runs in the main thread between two bytecodes, possibly
+        # inside a `print` of the loop, and a nested write to the same buffered stdout raises
+        # "RuntimeError: reentrant call". `should_stop` says what happened, at a safe point.
         del frame
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
         if self.multi_process:
-            print(f"vitx: got signal {signum}; telling every process to stop at an agreed step",
-                  flush=True)
             os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption notifier
-            return
-        print(f"vitx: got signal {signum}; saving a checkpoint and stopping", flush=True)
 
     def should_stop(self, step: int) -> bool:
         """Whether to save and stop after `step` (the same answer on every process)."""
+        signum = self.signum  # read once per step
+        if signum is not None and not self._announced:
+            self._announced = True
+            print(f"vitx: got signal {signum}; " + (
+                "telling every process to stop at an agreed step" if self.multi_process
+                else "saving a checkpoint and stopping"), flush=True)
         if not self.multi_process:
-            return self.signum is not None
+            return signum is not None
         from jax.experimental import multihost_utils
 
         if multihost_utils.reached_preemption_sync_point(step):

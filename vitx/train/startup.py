@@ -97,6 +97,7 @@ class Setup:
     frozen: Any = None
     param_shapes: Any = None
     state_shardings: Any = None
+    _abstract_state: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @property
     def main(self) -> multitask.Route:
@@ -142,10 +143,19 @@ class Setup:
         return predict
 
     def init_state(self, materialize: bool = True) -> tuple[dict, Any]:
-        """(train state, its shardings): random init (abstract unless `materialize`)."""
+        """(train state, its shardings): random init (abstract unless `materialize`).
+
+        The abstract state is traced once per `Setup` and reused (start-up asks for it several
+        times: each trace of a model's init costs seconds of Python)."""
         kw = {**self.main.model_kw, **self.route_plan(self.plan(0))[1]}
+        if self._abstract_state is None:
+            self._abstract_state = state_lib.init_state(
+                self.run, self.model, self.task, self.tx, self.spec, self.mesh, kw,
+                materialize=False)
+        if not materialize:
+            return self._abstract_state
         return state_lib.init_state(self.run, self.model, self.task, self.tx, self.spec,
-                                    self.mesh, kw, materialize=materialize)
+                                    self.mesh, kw, shardings=self._abstract_state[1])
 
     def make_step(self, plan: tuple, extra_loss: Any = None) -> Any:
         """The python train step of one plan: its routes' losses (summed or averaged when the
@@ -254,10 +264,12 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
               schedule=optim.make_schedule(run.optim))
     # Params first (for the optimizer's masks), then the whole state's shardings.
     try:
-        s.param_shapes = state_lib.abstract_params(
-            model, main.task, main.spec, {**main.model_kw, **s.route_plan(plan(0))[1]})
-        for r in routes.values():
-            probe_loss(model, r, s.route_plan(plan(0))[1])
+        plan_kw = s.route_plan(plan(0))[1]
+        variables = state_lib.abstract_variables(model, main.task, main.spec,
+                                                 {**main.model_kw, **plan_kw})
+        s.param_shapes = variables["params"]
+        for r in routes.values():  # the main route's init is traced once, above
+            probe_loss(model, r, plan_kw, variables if r is main else None)
     except config_lib.ConfigError:
         raise
     except ValueError as e:  # the model's own errors name their config key

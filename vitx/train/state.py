@@ -43,6 +43,18 @@ def init_variables_fn(model: Any, task: Any, spec: ExampleSpec, model_kw: Mappin
     return init
 
 
+def abstract_variables(model: Any, task: Any, spec: ExampleSpec,
+                       model_kw: Mapping[str, Any] | None = None) -> dict:
+    """The model's variables ({"params": ..., and e.g. "batch_stats": ...}) as shapes and
+    dtypes (`jax.ShapeDtypeStruct`s), without allocating.
+
+    Raises:
+      ValueError: the model rejects the input (e.g. a patch size that does not divide it).
+    """
+    init = init_variables_fn(model, task, spec, model_kw or {})
+    return jax.eval_shape(init, jax.random.PRNGKey(0))
+
+
 def abstract_params(model: Any, task: Any, spec: ExampleSpec,
                     model_kw: Mapping[str, Any] | None = None) -> Any:
     """The params' shapes and dtypes (a tree of `jax.ShapeDtypeStruct`), without allocating.
@@ -50,19 +62,20 @@ def abstract_params(model: Any, task: Any, spec: ExampleSpec,
     Raises:
       ValueError: the model rejects the input (e.g. a patch size that does not divide it).
     """
-    init = init_variables_fn(model, task, spec, model_kw or {})
-    return jax.eval_shape(init, jax.random.PRNGKey(0))["params"]
+    return abstract_variables(model, task, spec, model_kw)["params"]
 
 
 def init_state(config: Any, model: Any, task: Any, tx: Any,
                spec: ExampleSpec, mesh: Any, model_kw: Mapping[str, Any], *,
-               materialize: bool = True) -> tuple[dict, Any]:
+               materialize: bool = True, shardings: Any = None) -> tuple[dict, Any]:
     """Random init of the train state directly into its shardings. Returns (state, shardings).
 
     `config`: the run's `vitx.train.run_config.RunConfig` (or a raw config with the same keys):
     its `seed` and `sharding_rules`. The init RNG is `split(PRNGKey(seed))[0]`, the train RNG
     the other half. With `materialize=False` the state is abstract (ShapeDtypeStructs carrying
     the shardings: the restore target), so resuming never allocates a throw-away random init.
+    `shardings`: the state's shardings when the caller has them already (from an earlier
+    abstract call), which saves tracing the init once more.
     """
     if isinstance(config, RunConfig):
         seed, rules, ema = config.seed, list(config.sharding_rules), config.ema
@@ -84,6 +97,8 @@ def init_state(config: Any, model: Any, task: Any, tx: Any,
             state["ema"] = ema_lib.init(ema_lib.variables(state))
         return state
 
+    if shardings is not None and materialize:
+        return jax.jit(make_state, out_shardings=shardings)(init_rng), shardings
     abstract = jax.eval_shape(make_state, init_rng)
     state_shardings = shd.tree_shardings(abstract, mesh, rules)
     if ema is not None:
