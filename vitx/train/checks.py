@@ -59,7 +59,7 @@ def probe_loss(model: Any, route: Route, plan_kw: dict, variables: Any = None) -
     (labels key missing, num_classes vs label depth) fails here, before anything is written.
 
     `variables`: the route's abstract variables (`state.abstract_variables`) when the caller
-    traced them already, so init is not traced again; else the probe traces init too.
+    traced them already, so init is not traced again; else the probe traces them.
 
     Raises:
       ConfigError: the loss is not one value per example, or the task and data disagree.
@@ -67,10 +67,7 @@ def probe_loss(model: Any, route: Route, plan_kw: dict, variables: Any = None) -
     """
     kw = {**route.model_kw, **plan_kw}
     if variables is None:
-        init = state_lib.init_variables_fn(model, route.task, route.spec, kw)
-    else:
-        def init(rng: jax.Array) -> Any:  # the variables are given
-            return variables
+        variables = state_lib.abstract_variables(model, route.task, route.spec, kw)
     batch_spec = {k: jax.ShapeDtypeStruct((2, *shape), dtype)
                   for k, (shape, dtype) in route.spec.items()}
     key = "task" if route.name is None else f"multitask.tasks[{route.name!r}].task"
@@ -80,18 +77,17 @@ def probe_loss(model: Any, route: Route, plan_kw: dict, variables: Any = None) -
             f"{key}.labels={labels!r} is not in the batches made by its input.pp (keys: "
             f"{sorted(route.spec)}); fix one of them")
 
-    def loss(rng: jax.Array, batch: dict) -> jax.Array:
-        variables = init(rng)
+    def loss(variables: Any, batch: dict) -> jax.Array:
         logits, aux = model.apply(variables, route.task.model_inputs(batch), train=False, **kw)
         return route.task.loss(logits, batch, **steps.aux_kw(route.task, aux))
     try:
-        out = jax.eval_shape(loss, jax.random.PRNGKey(0), batch_spec)
+        out = jax.eval_shape(loss, variables, batch_spec)
     except (TypeError, ValueError) as e:
         if "shape" not in str(e).lower() and "broadcast" not in str(e).lower():
             raise
         logits = jax.eval_shape(
-            lambda r, b: model.apply(init(r), route.task.model_inputs(b), train=False, **kw)[0],
-            jax.random.PRNGKey(0), batch_spec)
+            lambda v, b: model.apply(v, route.task.model_inputs(b), train=False, **kw)[0],
+            variables, batch_spec)
         labels_shape = (route.spec[labels][0] if isinstance(labels, str) else "?")
         raise config_lib.ConfigError(
             f"{key}: the model's logits {tuple(logits.shape[1:])} (num_classes) do not fit the "

@@ -189,11 +189,29 @@ def keep_inactive(new: Any, old: Any, active: dict[tuple, bool]) -> Any:
     return jax.tree_util.tree_map_with_path(pick, new, old)
 
 
+#: Leaves per concatenated chunk in `tree_all_finite` on the CPU backend.
+FINITE_CHUNK = 64
+
+
 def tree_all_finite(tree: Any) -> Array:
-    """bool (): every inexact (float) leaf of `tree` is free of NaN and inf (jittable)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+    """bool (): every inexact (float) leaf of `tree` is free of NaN and inf (jittable).
+
+    On accelerators: one reduction per leaf (no copy of the tree). On the CPU backend the
+    leaves are flattened and concatenated in chunks of `FINITE_CHUNK`, one reduction per chunk:
+    XLA:CPU compiles one kernel per reduction (~30 ms each at -O0 here), so a per-leaf check of
+    AssembleNet's train state (params + Adam moments, ~2,000 leaves) took 61 s to compile, the
+    chunked one a few seconds; the extra memory is one chunk's copy.
+    """
+    leaves = [x for x in jax.tree.leaves(tree)
               if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+    if not leaves:
+        return jnp.array(True)
+    if jax.default_backend() != "cpu":
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    flat = [jnp.ravel(x) for x in leaves]
+    parts = [jnp.all(jnp.isfinite(jnp.concatenate(flat[i:i + FINITE_CHUNK])))
+             for i in range(0, len(flat), FINITE_CHUNK)]
+    return jnp.all(jnp.stack(parts))
 
 
 def build_train_step(loss_fn: Callable[..., Array], tx: optax.GradientTransformation, *,
