@@ -91,6 +91,13 @@ def num_examples(
         ) from None
 
 
+def _no_autograph(fn: Any) -> Any:
+    """`fn` for `Dataset.map` without AutoGraph's source conversion: the pp ops are plain
+    TensorFlow graph code (tensor-dependent branches use `tf.cond` / `tf.where`), and converting
+    them cost ~2 s of every run's start-up here (each process converts them anew)."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _example_fn(info: DatasetInfo, pp: str, seed: int) -> Any:
     """(index, example) -> preprocessed example: decodes images, seeds, runs `pp`."""
     pp_fn = get_preprocess_fn(pp)
@@ -178,7 +185,7 @@ def build_dataset(
         ds = ds.enumerate()
         ds = ds.skip(int(start_step) * local_batch)
         ds = ds.map(
-            _example_fn(info, pp, seed),
+            _no_autograph(_example_fn(info, pp, seed)),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
@@ -217,8 +224,9 @@ def build_dataset(
 
         return {k: pad(v) for k, v in batch.items()}
 
-    ds = ds.enumerate().map(with_mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=False).map(pad_batch)
+    ds = ds.enumerate().map(_no_autograph(with_mask), num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=False).map(_no_autograph(pad_batch))
     missing = num_batches - math.ceil(counts[jax.process_index()] / local_batch)
     if missing:
         zeros = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
