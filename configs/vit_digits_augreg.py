@@ -47,13 +47,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                     seed=0)
     c = load_config(os.path.join(os.path.dirname(__file__), "vit_digits.py")
                     + f":steps={arg.steps},seed={arg.seed}")
-    aug = f"|randaug(2, 5, ops={list(RANDAUG_OPS)})" if arg.randaug else ""
-    c.input.pp = ("decode(channels=1)|resize(32)|inception_crop(32, area_min=50)" + aug
+    aug = f"|randaug(2, 3, ops={list(RANDAUG_OPS)}, fill=0)" if arg.randaug else ""
+    # the baseline's crop (random translation), so that `configs/vit_digits.py` is this recipe
+    # with all four parts off
+    c.input.pp = ("decode(channels=1)|resize(36)|random_crop(32)" + aug
                   + "|value_range(-1,1)|onehot(10, label_smoothing=0.1)|keep('image', 'label')")
     c.model.drop_path = float(arg.drop_path)
     c.mixup = dict(mixup_alpha=0.2 if arg.mixup else 0.0, cutmix_alpha=1.0 if arg.mixup else 0.0,
-                   prob=1.0 if arg.mixup else 0.0, switch_prob=0.5, mode="batch")
-    c.ema = dict(decay=0.998 if arg.ema else 0.0, warmup_steps=100)
+                   prob=0.25 if arg.mixup else 0.0, switch_prob=0.5, mode="batch")
+    c.ema = dict(decay=0.99 if arg.ema else 0.0, warmup_steps=100)
     c.eval_every_steps = 500
     c.checkpoint.every_steps = 500
     return c

@@ -3,6 +3,7 @@
     python scripts/recipe_table.py ablation --run     # trains what is missing, prints the table
     python scripts/recipe_table.py ablation           # prints it from workdirs/
     python scripts/recipe_table.py ablation --run --seeds 1 --rows recipe,baseline
+    python scripts/recipe_table.py ablation --run --jobs 2  # 2 runs at once, one core each
     python scripts/recipe_table.py fewshot --run      # 1/5/10-shot on digits 5-9 (frozen ViT)
 
 ablation: each row is `vitx train --config <config> --workdir workdirs/recipe_<row>_s<seed>
@@ -11,6 +12,8 @@ each `-<part>` row turns one part of it off, `baseline` is `configs/vit_digits.p
 train`'s config). A cell is the test accuracy in % of the weights the recipe evaluates
 (`test_ema/accuracy` when the row has an EMA, else `test/accuracy`): mean +- std over the seeds
 (numpy's population std) and each seed's value; the time is the mean `train_seconds`.
+`--jobs N` trains N runs at once, each pinned to its own core (Linux `sched_setaffinity`; N <=
+the cores this process may use), so the times are one-core times.
 
 fewshot: `configs/vit_digits_fewshot.py:pretrain04` (a ViT trained on digits 0-4 only) is
 trained per seed (`workdirs/fewshot_pretrain04_s<seed>`), then `vitx eval` of
@@ -23,8 +26,10 @@ the seed's initialisation).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
+import queue
 import subprocess
 import sys
 
@@ -50,9 +55,35 @@ def workdir(table: str, row: str, seed: int) -> str:
     return os.path.join("workdirs", f"{table}_{prefix}{name}_s{seed}")
 
 
-def _run(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+def _run(cmd: list[str], core: int | None = None) -> None:
+    print("+", " ".join(cmd) + ("" if core is None else f"  # on core {core}"), flush=True)
+    pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, preexec_fn=pin)
+
+
+def _run_all(cmds: list[list[str]], jobs: int) -> None:
+    """Each command in turn (jobs 1), or `jobs` at a time, each pinned to one core."""
+    if jobs <= 1:
+        for cmd in cmds:
+            _run(cmd)
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if jobs > len(cores):
+        raise SystemExit(f"--jobs {jobs}: only {len(cores)} cores available; lower --jobs")
+    free: queue.Queue[int] = queue.Queue()
+    for core in cores[:jobs]:
+        free.put(core)
+
+    def one(cmd: list[str]) -> None:
+        core = free.get()
+        try:
+            _run(cmd, core)
+        finally:
+            free.put(core)
+
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        for f in [pool.submit(one, cmd) for cmd in cmds]:
+            f.result()
 
 
 def _results(path: str) -> dict | None:
@@ -67,14 +98,16 @@ def _cell(vals: list[float]) -> str:
     return f"{np.mean(vals):.1f} ± {np.std(vals):.1f} % ({each})" if vals else ""
 
 
-def ablation(vitx: str, seeds: int, rows: list[str], run: bool) -> None:
+def ablation(vitx: str, seeds: int, rows: list[str], run: bool, jobs: int = 1) -> None:
+    cmds = []
     for seed in range(seeds):
         for row in rows:
             wd = workdir("recipe", row, seed)
             if run and _results(os.path.join(wd, "results.json")) is None:
                 spec, _ = ABLATION[row]
-                _run([vitx, "train", "--config", f"{spec}seed={seed}", "--workdir", wd,
-                      "--config.data_dir=data/tfds"])
+                cmds.append([vitx, "train", "--config", f"{spec}seed={seed}", "--workdir", wd,
+                             "--config.data_dir=data/tfds"])
+    _run_all(cmds, jobs)
     print("| run | test accuracy | train time | seeds |")
     print("|---|---|---|---|")
     for row in rows:
@@ -121,6 +154,8 @@ def main() -> int:
     p.add_argument("table", choices=("ablation", "fewshot"))
     p.add_argument("--run", action="store_true", help="train/evaluate the missing runs first")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="ablation: train this many runs at once, each pinned to its own core")
     p.add_argument("--rows", default="", help=f"ablation rows, comma-separated: {list(ABLATION)}")
     args = p.parse_args()
     vitx = os.path.join(os.path.dirname(sys.executable), "vitx")
@@ -130,7 +165,7 @@ def main() -> int:
     rows = [r for r in args.rows.split(",") if r] or list(ABLATION)
     if unknown := [r for r in rows if r not in ABLATION]:
         p.error(f"--rows {','.join(unknown)}: unknown; rows: {', '.join(ABLATION)}")
-    ablation(vitx, args.seeds, rows, args.run)
+    ablation(vitx, args.seeds, rows, args.run, args.jobs)
     return 0
 
 

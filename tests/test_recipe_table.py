@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -43,7 +44,12 @@ def test_each_ablation_row_turns_off_only_its_part():
     configs = {row: config_lib.load_config(spec + "seed=2")
                for row, (spec, _) in rt.ABLATION.items()}
     recipe = configs["recipe"]
-    assert all(_parts(recipe).values()) and "inception_crop(" in recipe.input.pp
+    assert all(_parts(recipe).values())
+    # the recipe is the baseline plus the four parts: the same crop, steps and model
+    baseline = configs["baseline"]
+    strip = recipe.input.pp.split("|")
+    assert [op for op in strip if not op.startswith("randaug(")] == baseline.input.pp.split("|")
+    assert recipe.total_steps == baseline.total_steps and recipe.model.width == baseline.model.width
     for row, part in (("-randaug", "randaug"), ("-mixup/cutmix", "mixup"),
                       ("-drop_path", "drop_path"), ("-EMA", "ema")):
         c = configs[row]
@@ -68,3 +74,16 @@ def test_fewshot_modes_share_the_model_and_split_the_labels():
     (fs,) = ev.evals.values()
     assert fs.type == "fewshot_linear" and tuple(fs.shots) == rt.SHOTS
     assert list(fs.label_subset) == [5, 6, 7, 8, 9]
+
+
+def test_jobs_pin_each_run_to_one_core(tmp_path):
+    cores = sorted(os.sched_getaffinity(0))
+    jobs = min(2, len(cores))
+    outs = [tmp_path / f"run{i}.txt" for i in range(3)]
+    cmds = [[sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write("
+             "str(sorted(os.sched_getaffinity(0))))", str(o)] for o in outs]
+    rt._run_all(cmds, jobs)
+    pinned = [eval(o.read_text()) for o in outs]
+    assert all(len(p) == 1 and p[0] in cores[:jobs] for p in pinned), pinned
+    with pytest.raises(SystemExit, match="--jobs"):
+        rt._run_all(cmds, len(cores) + 1)

@@ -90,6 +90,22 @@ def test_randaug_matches_pil_on_the_photometric_ops() -> None:
                                       np.asarray(ref), err_msg=name)
 
 
+def test_randaug_fill_is_what_geometric_ops_move_in() -> None:
+    image = pytest.importorskip("PIL.Image")
+    a = _image(c=1).numpy()
+    t, one = tf.constant(a), tf.constant(1.0)
+    for fill in (0, 200):  # rotate = PIL's with that fill colour
+        ref = np.asarray(image.fromarray(a[..., 0]).rotate(15, fillcolor=fill))[..., None]
+        np.testing.assert_array_equal(augment._RANDAUG["rotate"](t, 0.5, one, fill).numpy(), ref)
+    black = np.zeros((16, 16, 1), np.uint8)
+    black[4:12, 4:12] = 255  # a white square on black: a translate with fill=0 moves in black
+    for seed in range(6):
+        out = _run("randaug(1, 5, ops=['translate_x'], fill=0)", tf.constant(black), seed)
+        assert set(np.unique(out)) <= {0, 255} and (out == 255).sum() == 64
+    with pytest.raises(ValueError, match="randaug: fill=300"):
+        get_preprocess_fn("randaug(2, 5, fill=300)")
+
+
 @pytest.mark.parametrize("lo,hi", [(5, 100), (20, 40)])
 def test_inception_crop_area_and_aspect_within_bounds(lo: int, hi: int) -> None:
     img = _image(64, 80)

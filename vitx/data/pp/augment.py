@@ -82,11 +82,12 @@ def inception_crop(size: int | tuple[int, int] | None = None, area_min: float = 
 
 # ---------------------------------------------------------------------------------------------
 # RandAugment. Each op maps uint8 (H, W, C) -> uint8 (H, W, C) given `level` = magnitude / 10
-# (a Python float) and `sign` (a float32 scalar tensor, +-1: the random direction of the
-# geometric ops). Level -> argument as big_vision `pp/autoaugment.py` (tf-models'
+# (a Python float), `sign` (a float32 scalar tensor, +-1: the random direction of the
+# geometric ops) and `fill` (the value geometric ops move in; photometric ops ignore it).
+# Level -> argument as big_vision `pp/autoaugment.py` (tf-models'
 # `distort_image_with_randaugment`), except translate (relative, as timm) and contrast (mean).
 
-_FILL = 128.0  # value of the pixels geometric ops move in (tf-models' and timm's gray)
+_FILL = 128.0  # default value of the pixels geometric ops move in (tf-models' gray)
 
 
 def _blend(degenerate: tf.Tensor, image: tf.Tensor, factor: float) -> tf.Tensor:
@@ -100,15 +101,17 @@ def _gray(image: tf.Tensor) -> tf.Tensor:
     return tf.image.rgb_to_grayscale(image) if image.shape[-1] == 3 else image
 
 
-def _transform(image: tf.Tensor, t: Sequence[tf.Tensor | float]) -> tf.Tensor:
-    """Projective transform (8 numbers mapping output to input points), nearest, gray fill."""
+def _transform(image: tf.Tensor, t: Sequence[tf.Tensor | float],
+               fill: float = _FILL) -> tf.Tensor:
+    """Projective transform (8 numbers mapping output to input points), nearest, `fill` in."""
     t = tf.reshape(tf.stack([tf.cast(v, tf.float32) for v in t]), [1, 8])
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=image[None], transforms=t, output_shape=tf.shape(image)[:2],
-        fill_value=_FILL, interpolation="NEAREST", fill_mode="CONSTANT")[0]
+        fill_value=float(fill), interpolation="NEAREST", fill_mode="CONSTANT")[0]
 
 
-def _autocontrast(x: tf.Tensor, level: float, sign: tf.Tensor) -> tf.Tensor:
+def _autocontrast(x: tf.Tensor, level: float, sign: tf.Tensor,
+        fill: float = _FILL) -> tf.Tensor:
     """Per channel, [min, max] stretched to [0, 255] (PIL `ImageOps.autocontrast`'s float64
     x * scale + offset, truncated)."""
     f = tf.cast(x, tf.float64)
@@ -119,7 +122,8 @@ def _autocontrast(x: tf.Tensor, level: float, sign: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
 
 
-def _equalize(x: tf.Tensor, level: float, sign: tf.Tensor) -> tf.Tensor:
+def _equalize(x: tf.Tensor, level: float, sign: tf.Tensor,
+        fill: float = _FILL) -> tf.Tensor:
     """Per-channel histogram equalisation (PIL `ImageOps.equalize`)."""
     out = []
     for c in range(x.shape[-1]):
@@ -133,29 +137,33 @@ def _equalize(x: tf.Tensor, level: float, sign: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.stack(out, axis=-1), tf.uint8)
 
 
-def _rotate(x: tf.Tensor, level: float, sign: tf.Tensor) -> tf.Tensor:
+def _rotate(x: tf.Tensor, level: float, sign: tf.Tensor,
+        fill: float = _FILL) -> tf.Tensor:
     angle = sign * level * 30.0 * math.pi / 180.0
     hw = tf.cast(tf.shape(x)[:2], tf.float32) - 1.0
     cos, sin = tf.cos(angle), tf.sin(angle)
     dx = (hw[1] - (cos * hw[1] - sin * hw[0])) / 2.0
     dy = (hw[0] - (sin * hw[1] + cos * hw[0])) / 2.0
-    return _transform(x, [cos, -sin, dx, sin, cos, dy, 0.0, 0.0])
+    return _transform(x, [cos, -sin, dx, sin, cos, dy, 0.0, 0.0], fill)
 
 
-def _solarize(x: tf.Tensor, level: float, sign: tf.Tensor) -> tf.Tensor:
+def _solarize(x: tf.Tensor, level: float, sign: tf.Tensor,
+        fill: float = _FILL) -> tf.Tensor:
     return tf.where(tf.cast(x, tf.int32) < int(level * 256), x, 255 - x)
 
 
-def _posterize(x: tf.Tensor, level: float, sign: tf.Tensor) -> tf.Tensor:
+def _posterize(x: tf.Tensor, level: float, sign: tf.Tensor,
+        fill: float = _FILL) -> tf.Tensor:
     bits = min(int(level * 4), 8)  # bits kept (0 to 4 at magnitude <= 10, as the reference)
     return tf.bitwise.bitwise_and(x, tf.constant((0xFF << (8 - bits)) & 0xFF, tf.uint8))
 
 
-def _enhance(kind: str) -> Callable[[tf.Tensor, float, tf.Tensor], tf.Tensor]:
+def _enhance(kind: str) -> Callable[..., tf.Tensor]:
     """color / contrast / brightness / sharpness: blend with a degenerate image, factor
     1.8 level + 0.1 (1 = identity)."""
 
-    def op(x: tf.Tensor, level: float, sign: tf.Tensor) -> tf.Tensor:
+    def op(x: tf.Tensor, level: float, sign: tf.Tensor,
+        fill: float = _FILL) -> tf.Tensor:
         factor = level * 1.8 + 0.1
         if kind == "color":
             return _blend(_gray(x), x, factor)
@@ -174,26 +182,28 @@ def _enhance(kind: str) -> Callable[[tf.Tensor, float, tf.Tensor], tf.Tensor]:
     return op
 
 
-def _shear(axis: int) -> Callable[[tf.Tensor, float, tf.Tensor], tf.Tensor]:
-    def op(x: tf.Tensor, level: float, sign: tf.Tensor) -> tf.Tensor:
+def _shear(axis: int) -> Callable[..., tf.Tensor]:
+    def op(x: tf.Tensor, level: float, sign: tf.Tensor,
+        fill: float = _FILL) -> tf.Tensor:
         s = sign * level * 0.3
         return _transform(x, [1.0, s, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0] if axis == 1
-                          else [1.0, 0.0, 0.0, s, 1.0, 0.0, 0.0, 0.0])
+                          else [1.0, 0.0, 0.0, s, 1.0, 0.0, 0.0, 0.0], fill)
 
     return op
 
 
-def _translate(axis: int) -> Callable[[tf.Tensor, float, tf.Tensor], tf.Tensor]:
-    def op(x: tf.Tensor, level: float, sign: tf.Tensor) -> tf.Tensor:
+def _translate(axis: int) -> Callable[..., tf.Tensor]:
+    def op(x: tf.Tensor, level: float, sign: tf.Tensor,
+        fill: float = _FILL) -> tf.Tensor:
         d = sign * level * 0.45 * tf.cast(tf.shape(x)[axis], tf.float32)
         return _transform(x, [1.0, 0.0, -d, 0.0, 1.0, 0.0, 0.0, 0.0] if axis == 1
-                          else [1.0, 0.0, 0.0, 0.0, 1.0, -d, 0.0, 0.0])
+                          else [1.0, 0.0, 0.0, 0.0, 1.0, -d, 0.0, 0.0], fill)
 
     return op
 
 
-_RANDAUG: dict[str, Callable[[tf.Tensor, float, tf.Tensor], tf.Tensor]] = {
-    "identity": lambda x, level, sign: x,
+_RANDAUG: dict[str, Callable[..., tf.Tensor]] = {
+    "identity": lambda x, level, sign, fill=_FILL: x,
     "autocontrast": _autocontrast,
     "equalize": _equalize,
     "rotate": _rotate,
@@ -214,7 +224,7 @@ RANDAUG_OPS = tuple(_RANDAUG)
 
 @register_key_op("randaug", random=True)
 def randaug(num_layers: int = 2, magnitude: float = 10,
-            ops: Sequence[str] | None = None) -> TensorFn:
+            ops: Sequence[str] | None = None, fill: float = _FILL) -> TensorFn:
     """RandAugment: `num_layers` times, one op drawn uniformly from `ops` (default
     `RANDAUG_OPS`, all 14) applied at the shared `magnitude` (0..10 is the paper's scale;
     larger values extrapolate, as AugReg's `randaug(2, 15)`).
@@ -225,18 +235,22 @@ def randaug(num_layers: int = 2, magnitude: float = 10,
     rotate +-30 m degrees, shear +-0.3 m, solarize below 256 m, posterize to int(4 m) bits,
     color / contrast / brightness / sharpness factor 1.8 m + 0.1; translate +-0.45 m of the
     side (relative, as timm, = tf-models' 100 px at 224); contrast blends with the grayscale
-    mean (PIL's; tf-models uses a histogram-count quirk). Geometric ops fill with 128 and pick
-    their sign at random; at magnitude 0 rotate, shear and translate are the identity.
+    mean (PIL's; tf-models uses a histogram-count quirk). Geometric ops pick their sign at
+    random and fill the pixels they move in with `fill` (default 128, tf-models' gray; timm's
+    `img_mean` hparam; 0 for scans on a black background such as the digits); at magnitude 0
+    rotate, shear and translate are the identity.
 
     Source: Cubuk et al., "RandAugment", CVPR Workshops 2020, Sec. 3; big_vision `randaug`
     (`pp/autoaugment.py`); timm `rand_augment_transform` (`data/auto_augment.py`).
 
     Raises:
         ValueError: `num_layers` not an int >= 0; `magnitude` not a number in [0, 30]; an
-            unknown or empty `ops`; (when traced) an image that is not (H, W, 1 or 3).
+            unknown or empty `ops`; `fill` not a number in [0, 255]; (when traced) an image
+            that is not (H, W, 1 or 3).
     """
     layers = positive_int(num_layers, "randaug: num_layers", minimum=0)
     level = _number(magnitude, "randaug: magnitude", 0, 30) / 10.0
+    fill = _number(fill, "randaug: fill", 0, 255)
     names = tuple(RANDAUG_OPS if ops is None else ops)
     unknown = [n for n in names if n not in _RANDAUG]
     if unknown or not names:
@@ -252,7 +266,7 @@ def randaug(num_layers: int = 2, magnitude: float = 10,
             s = _fold(seed, i)
             idx = tf.random.stateless_uniform([], _fold(s, 0), 0, len(names), dtype=tf.int32)
             sign = tf.where(tf.random.stateless_uniform([], _fold(s, 1)) < 0.5, -1.0, 1.0)
-            x = tf.switch_case(idx, [functools.partial(_RANDAUG[n], x, level, sign)
+            x = tf.switch_case(idx, [functools.partial(_RANDAUG[n], x, level, sign, fill)
                                      for n in names])
             x.set_shape(image.shape)
         return x if image.dtype == tf.uint8 else tf.cast(x, image.dtype)
