@@ -8,10 +8,15 @@
 
 ablation: each row is `vitx train --config <config> --workdir workdirs/recipe_<row>_s<seed>
 --config.data_dir=data/tfds` for seeds 0, 1, 2: `recipe` is `configs/vit_digits_augreg.py`,
-each `-<part>` row turns one part of it off, `baseline` is `configs/vit_digits.py` (`make
-train`'s config). A cell is the test accuracy in % of the weights the recipe evaluates
-(`test_ema/accuracy` when the row has an EMA, else `test/accuracy`): mean +- std over the seeds
-(numpy's population std) and each seed's value; the time is the mean `train_seconds`.
+each `-<part>` row turns one part of it off, `+randaug` adds RandAugment, `baseline` is
+`configs/vit_digits.py` (`make train`'s config). Rows that train exactly as another row (`-EMA`,
+`-eval_crop`, `baseline+eval_crop`) are not trained again. Every row is then evaluated:
+`vitx eval` of its run's last checkpoint with the row's own config, into
+`workdirs/recipe_<row>_s<seed>/eval.json` (so a change of eval pp needs no retraining); a run
+whose `config.json` trains otherwise than the row's config is an error. A cell is the test
+accuracy in % of the weights the row evaluates (`test_ema/accuracy` when it has an EMA, else
+`test/accuracy`): mean +- std over the seeds (numpy's population std) and
+each seed's value; the time is the mean `train_seconds`.
 `--jobs N` trains N runs at once, each pinned to its own core (Linux `sched_setaffinity`; N <=
 the cores this process may use), so the times are one-core times.
 
@@ -27,31 +32,41 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import os
 import queue
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
+
+from vitx import config as config_lib
+from vitx.train.mixup import MixupConfig
 
 AUGREG = "configs/vit_digits_augreg.py"
 FEWSHOT = "configs/vit_digits_fewshot.py"
-# row -> (config spec without the seed, metric of the weights it reports)
+# row -> (config spec without the seed, metric of the weights it reports, the row whose run it
+# evaluates: None = a run of its own). A row that shares a run trains exactly as that row (an
+# EMA and the eval pp never feed back into training), so it is not trained again.
 ABLATION = {
-    "recipe": (f"{AUGREG}:", "test_ema/accuracy"),
-    "-randaug": (f"{AUGREG}:randaug=False,", "test_ema/accuracy"),
-    "-mixup/cutmix": (f"{AUGREG}:mixup=False,", "test_ema/accuracy"),
-    "-drop_path": (f"{AUGREG}:drop_path=0.0,", "test_ema/accuracy"),
-    "-EMA": (f"{AUGREG}:ema=False,", "test/accuracy"),
-    "baseline": ("configs/vit_digits.py:", "test/accuracy"),
+    "recipe": (f"{AUGREG}:", "test_ema/accuracy", None),
+    "+randaug": (f"{AUGREG}:randaug=True,", "test_ema/accuracy", None),
+    "-mixup/cutmix": (f"{AUGREG}:mixup=False,", "test_ema/accuracy", None),
+    "-drop_path": (f"{AUGREG}:drop_path=0.0,", "test_ema/accuracy", None),
+    "-EMA": (f"{AUGREG}:ema=False,", "test/accuracy", "recipe"),
+    "-eval_crop": (f"{AUGREG}:eval_crop=False,", "test_ema/accuracy", "recipe"),
+    "baseline+eval_crop": (f"{AUGREG}:mixup=False,drop_path=0.0,ema=False,", "test/accuracy",
+                           "baseline"),
+    "baseline": ("configs/vit_digits.py:", "test/accuracy", None),
 }
 SHOTS = (1, 5, 10)
 
 
 def workdir(table: str, row: str, seed: int) -> str:
-    name = row.replace("/", "_").lstrip("-").replace("-", "_")
-    prefix = "no_" if row.startswith("-") else ""
+    name = row.replace("/", "_").lstrip("-+").replace("-", "_").replace("+", "_")
+    prefix = {"-": "no_", "+": "with_"}.get(row[0], "")
     return os.path.join("workdirs", f"{table}_{prefix}{name}_s{seed}")
 
 
@@ -98,25 +113,81 @@ def _cell(vals: list[float]) -> str:
     return f"{np.mean(vals):.1f} ± {np.std(vals):.1f} % ({each})" if vals else ""
 
 
+#: Keys that do not decide the trained weights (`_training`).
+_NOT_TRAINING = ("evals", "ema", "mixup", "eval_every_steps", "log_every_steps", "checkpoint",
+                 "data_dir")
+
+
+def _training(config: ml_collections.ConfigDict) -> dict:
+    """The part of `config` that decides the trained weights, as plain JSON (so a workdir's
+    `config.json` compares equal to the config it was trained with): not evals, the EMA,
+    logging, checkpoint times or where the data is; Mixup/CutMix and drop_path when off
+    compare equal however they are spelled off."""
+    d = json.loads(config_lib.to_json(config))
+    for key in _NOT_TRAINING:
+        d.pop(key, None)
+    d["model"].setdefault("drop_path", 0.0)
+    mixup = MixupConfig.from_config(config)
+    d["mixup"] = None if mixup is None else dataclasses.asdict(mixup)
+    return d
+
+
+def _run_of(row: str) -> str:
+    return ABLATION[row][2] or row
+
+
+def _row_results(row: str, seed: int) -> dict | None:
+    """The row's metrics for `seed` (its `eval.json`) with its run's `train_seconds`."""
+    ev = _results(os.path.join(workdir("recipe", row, seed), "eval.json"))
+    run = _results(os.path.join(workdir("recipe", _run_of(row), seed), "results.json"))
+    return None if ev is None else {**ev, "train_seconds": (run or {}).get("train_seconds")}
+
+
+def _check_trained_as(row: str, seed: int) -> None:
+    """Raises SystemExit when the row's run was trained with another config than the row's."""
+    wd = workdir("recipe", _run_of(row), seed)
+    with open(os.path.join(wd, "config.json")) as f:
+        saved = ml_collections.ConfigDict(json.load(f))
+    if _training(saved) != _training(config_lib.load_config(f"{ABLATION[row][0]}seed={seed}")):
+        raise SystemExit(f"{wd} was trained with another config than row {row!r} (seed "
+                         f"{seed}); move it away and run again with --run")
+
+
 def ablation(vitx: str, seeds: int, rows: list[str], run: bool, jobs: int = 1) -> None:
-    cmds = []
+    """Trains the rows' missing runs (`jobs` at a time), evaluates every row's run with the
+    row's config into `workdirs/recipe_<row>_s<seed>/eval.json`, and prints the table."""
+    if missing := sorted({s for r in rows if (s := ABLATION[r][2]) and s not in rows}):
+        raise SystemExit(f"--rows: {', '.join(missing)} must be included too (other rows "
+                         "evaluate its runs)")
+    trains, evals = [], []
     for seed in range(seeds):
         for row in rows:
-            wd = workdir("recipe", row, seed)
-            if run and _results(os.path.join(wd, "results.json")) is None:
-                spec, _ = ABLATION[row]
-                cmds.append([vitx, "train", "--config", f"{spec}seed={seed}", "--workdir", wd,
-                             "--config.data_dir=data/tfds"])
-    _run_all(cmds, jobs)
+            spec, metric, shared = ABLATION[row]
+            wd, run_wd = workdir("recipe", row, seed), workdir("recipe", _run_of(row), seed)
+            if not run or _row_results(row, seed) is not None:
+                continue
+            if shared is None and _results(os.path.join(wd, "results.json")) is None:
+                trains.append([vitx, "train", "--config", f"{spec}seed={seed}", "--workdir", wd,
+                               "--config.data_dir=data/tfds"])
+            evals.append((row, seed, [
+                vitx, "eval", "--config", f"{spec}seed={seed}", "--checkpoint", run_wd,
+                "--config.data_dir=data/tfds", "--output", os.path.join(wd, "eval.json")]
+                + (["--ema"] if metric.startswith("test_ema/") else [])))
+    _run_all(trains, jobs)
+    for row, seed, _ in evals:
+        _check_trained_as(row, seed)
+    for row, seed, cmd in evals:
+        os.makedirs(workdir("recipe", row, seed), exist_ok=True)
+        _run(cmd)
     print("| run | test accuracy | train time | seeds |")
     print("|---|---|---|---|")
     for row in rows:
-        res = [r for s in range(seeds)
-               if (r := _results(os.path.join(workdir("recipe", row, s), "results.json")))]
+        res = [r for s in range(seeds) if (r := _row_results(row, s))]
         metric = ABLATION[row][1]
         vals = [100 * r[metric] for r in res if metric in r]
-        secs = [r["train_seconds"] for r in res if "train_seconds" in r]
-        print(f"| {row} | {_cell(vals)} | {np.mean(secs):.0f} s | {len(vals)} |" if vals
+        secs = [r["train_seconds"] for r in res if r.get("train_seconds") is not None]
+        time = f"{np.mean(secs):.0f} s" if secs else ""
+        print(f"| {row} | {_cell(vals)} | {time} | {len(vals)} |" if vals
               else f"| {row} | (not run) | | 0 |")
 
 
