@@ -24,7 +24,7 @@ train: $(STAMP)
 	$(BIN)/vitx train --config $(CONFIG) --workdir $(WORKDIR) --config.data_dir=$(DATA_DIR) $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+	$(BIN)/python -m pytest -n 3 --dist loadgroup tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check vitx tests configs scripts

@@ -9,13 +9,17 @@
     python scripts/seeds_table.py masked_patch --run   # masked patch pretraining -> fine-tune
     python scripts/seeds_table.py flexi --run --transpose  # accuracy per patch size (Fig. 3/7)
     python scripts/seeds_table.py flexi --run --rows flexi2400   # only the rows named
+    python scripts/seeds_table.py seg --run --jobs 2   # dense outputs (also det, cotrain): 2
+                                                       # runs at once, one core each
 
 Each run is `vitx train --config <config>:<args>,seed=<s> --workdir workdirs/<table>_<row>_s<s>
 --config.data_dir=data/tfds` (`--config.seed=<s>` for configs without a seed argument), with
 `--config.model_init` / `--config.distill.teacher` pointing at the same seed's workdir of the
 row it builds on; an eval row runs `vitx eval` on another row's checkpoint. Cells are test
-accuracy in % (losses as they are): mean +- std over the seeds (numpy's population std), then
-each seed's value, with the mean train time.
+accuracy in % (losses, mIoU, pixel accuracy and mAP as fractions): mean +- std over the seeds
+(numpy's population std), then each seed's value, with the mean train time. `--jobs N` trains N
+runs at once, each pinned to its own core (rows that build on others run after them), so the
+times are one-core times.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from recipe_table import _run_all  # noqa: E402  (N runs at once, each on its own core)
 
 POLYVIT_TASKS = ("digits", "video_digit", "video_direction", "dtmf")
 SCHEDULES = ("task_by_task", "alternating", "uniform", "weighted", "accumulated")
@@ -48,6 +54,8 @@ class Row:
 
 
 FLEXI_SIZES = (4, 6, 8, 12, 16, 24)
+DENSE_SIZES = (4, 8, 16)  # configs/segmentation_digits.py's FLEXI_PATCH_SIZES
+DENSE_ENCODERS = ("vit", "flexivit", "hybrid", "coatnet")
 
 # table -> (config file, [(row, config args)] or [Row], [metric columns])
 TABLES = {
@@ -91,6 +99,17 @@ TABLES = {
                Row("distill", "distill", init="vit8", teacher="vit8"),
                Row("flexi2400", "flexi", extra=("--config.total_steps=2400",))],
               [f"test/accuracy@{p}" for p in FLEXI_SIZES]),
+    # Dense outputs (README "Detection and segmentation"): every encoder at the same budget.
+    "seg": ("configs/segmentation_digits.py",
+            [(e, f"encoder={e}") for e in DENSE_ENCODERS],
+            ["test/mIoU", "test/pixel_accuracy"] + [f"test/mIoU@{p}" for p in DENSE_SIZES]),
+    "det": ("configs/detection_digits.py",
+            [(e, f"encoder={e}") for e in DENSE_ENCODERS],
+            ["test/mAP50", "test/mAP"] + [f"test/mAP50@{p}" for p in DENSE_SIZES]),
+    "cotrain": ("configs/cotrain_digits.py",
+                [("cotrain", "schedule=weighted")]
+                + [(f"only_{t}", f"only={t}") for t in ("digits", "seg", "det")],
+                ["digits/accuracy", "seg/mIoU", "seg/pixel_accuracy", "det/mAP50", "det/mAP"]),
 }
 # Tables whose config file takes no `seed=` argument: the seed is a command-line override.
 SEED_OVERRIDE = ("transfer", "flexi")
@@ -130,6 +149,32 @@ def command(vitx: str, table: str, row: Row, seed: int) -> list[str]:
     return cmd + list(row.extra)
 
 
+def fmt_of(metric: str) -> tuple[float, str]:
+    """(scale, format) of a metric's cells: accuracy in %, losses to 4 digits, the dense
+    metrics (mIoU, pixel accuracy, mAP) as fractions to 3."""
+    last = metric.split("/")[-1]
+    if last.startswith("accuracy"):
+        return 100, ".1f"
+    return (1, ".4f") if "loss" in last else (1, ".3f")
+
+
+def waves(rows: list[Row]) -> list[list[Row]]:
+    """`rows` in dependency waves: a row runs in a later wave than the rows it builds on."""
+    by_name = {r.name: r for r in rows}
+    depth: dict[str, int] = {}
+
+    def depth_of(r: Row) -> int:
+        if r.name not in depth:
+            deps = [by_name[d] for d in (r.init, r.teacher, r.eval_of) if d in by_name]
+            depth[r.name] = 1 + max((depth_of(d) for d in deps), default=-1)
+        return depth[r.name]
+
+    out: list[list[Row]] = [[] for _ in range(1 + max(map(depth_of, rows), default=-1))]
+    for r in rows:
+        out[depth_of(r)].append(r)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("table", choices=sorted(TABLES))
@@ -137,6 +182,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--rows", default="", help="comma-separated rows to run and print (default: "
                    "all); the rows they build on are run too")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many runs at once, each pinned to its own core")
     p.add_argument("--transpose", action="store_true",
                    help="a line per metric and a column per run (cells mean +- std only)")
     args = p.parse_args()
@@ -154,13 +201,16 @@ def main() -> int:
             todo += [d for d in (r.init, r.teacher, r.eval_of) if d]
         rows = [r for r in rows if r.name in needed]
     vitx = os.path.join(os.path.dirname(sys.executable), "vitx")
-    for seed in range(args.seeds):
-        for row in rows:
-            wd = workdir(args.table, row.name, seed)
-            if args.run and not os.path.exists(os.path.join(wd, "results.json")):
-                os.makedirs(wd, exist_ok=True)
-                subprocess.run(command(vitx, args.table, row, seed), check=True,
-                               stdout=subprocess.DEVNULL)
+    if args.run:
+        for wave in waves(rows):
+            cmds = []
+            for seed in range(args.seeds):
+                for row in wave:
+                    wd = workdir(args.table, row.name, seed)
+                    if not os.path.exists(os.path.join(wd, "results.json")):
+                        os.makedirs(wd, exist_ok=True)
+                        cmds.append(command(vitx, args.table, row, seed))
+            _run_all(cmds, args.jobs)
     table: list[tuple[str, list[str], list[str], str, int]] = []  # row, cells, short cells, ...
     for row in rows:
         if row.hidden or (wanted and row.name not in wanted):
@@ -175,7 +225,7 @@ def main() -> int:
             continue
         cells, short = [], []
         for m in metrics:
-            scale, fmt = (1, ".4f") if "loss" in m else (100, ".1f")
+            scale, fmt = fmt_of(m)
             vals = [scale * r[m] for r in res if m in r]
             each = ", ".join(f"{v:{fmt}}" for v in vals)
             mean_std = f"{np.mean(vals):{fmt}} ± {np.std(vals):{fmt}}" if vals else ""

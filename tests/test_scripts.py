@@ -52,3 +52,25 @@ def test_transfer_rows_differ_only_where_the_ablation_says():
         c.replace("scratch59", "finetune59") for c in cmds["scratch59"]]
     vit8_eval = st.command("vitx", "flexi", st.rows_of("flexi")[1], seed=1)
     assert vit8_eval[1] == "eval" and "workdirs/flexi_vit8_s1" in vit8_eval
+
+
+def test_waves_run_a_row_after_the_rows_it_builds_on():
+    rows = st.rows_of("flexi")
+    waves = [[r.name for r in w] for w in st.waves(rows)]
+    assert sorted(sum(waves, [])) == sorted(r.name for r in rows)  # every row, once
+    depth = {n: i for i, w in enumerate(waves) for n in w}
+    for r in rows:
+        for dep in (r.init, r.teacher, r.eval_of):
+            if dep:
+                assert depth[dep] < depth[r.name], (r.name, dep, waves)
+    assert waves[0] == ["vit8", "flexi", "flexi2400"]
+    assert [[r.name for r in w] for w in st.waves(st.rows_of("seg"))] == [list(st.DENSE_ENCODERS)]
+
+
+def test_cells_format_accuracy_in_percent_and_dense_metrics_as_fractions():
+    assert st.fmt_of("test/accuracy@8") == (100, ".1f")
+    assert st.fmt_of("digits/accuracy") == (100, ".1f")
+    assert st.fmt_of("test/pixel_accuracy") == (1, ".3f")
+    assert st.fmt_of("test/mIoU@4") == (1, ".3f")
+    assert st.fmt_of("det/mAP50") == (1, ".3f")
+    assert st.fmt_of("test/loss") == (1, ".4f")

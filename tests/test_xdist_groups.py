@@ -1,4 +1,4 @@
-"""`make test` runs `pytest -n 2 --dist loadgroup`: the conftest hook marks every test that uses
+"""`make test` runs `pytest -n 3 --dist loadgroup`: the conftest hook marks every test that uses
 a module-scoped fixture (a trained run, built once) with its file as `xdist_group`, so that
 pytest-xdist sends the whole file to one worker and the fixture is built once. pytest 9 made
 xdist 3.8's loadgroup a silent no-op (xdist renames `item._nodeid`, which pytest 9 no longer
