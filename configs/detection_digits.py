@@ -42,7 +42,7 @@ ENCODERS = {
                                   num_heads=4, pool_type="gap", posemb="learn", scan=False,
                                   base_patch_size=(8, 8), posemb_grid=(8, 8),
                                   dtype_mm="float32")),
-    "hybrid": ("hybrid", dict(variant="R26x0.125+pico/2", gn_groups=8, width=64, depth=4,
+    "hybrid": ("hybrid", dict(variant="R26x0.125+pico/8", gn_groups=8, width=64, depth=4,
                               mlp_dim=128, num_heads=4, dtype_mm="float32")),
     "coatnet": ("coatnet", dict(variant="coatnet-pico", stage_strides=(1, 2, 2, 1),
                                 dtype_mm="float32")),

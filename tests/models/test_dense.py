@@ -68,3 +68,33 @@ def test_bad_config_and_head_errors(model_and_params):
         get_model_module("dense").check_input(
             dict(encoder="vit", encoder_cfg=dict(ENCODER, variant="pico/5"), heads=HEADS,
                  head_classes=dict(det=3, seg=5)), (16, 16, 1))
+
+
+def test_flexivit_subpixel_decoder_serves_every_patch_size_with_one_set_of_weights():
+    """FlexiViT's base patch is the subpixel decoder's cell: the params do not depend on the
+    patch size, and at the base patch the decoder is exactly the plain (cell=None) one."""
+    enc = dict(ENCODER, variant="pico/8", base_patch_size=(8, 8), posemb_grid=(2, 2))
+    seg = dict(seg=dict(type="segmentation", upsample="subpixel"))
+    model = build_model("dense", None, encoder="flexivit", encoder_cfg=enc, heads=seg,
+                        head_classes=dict(seg=5))
+    x = jnp.linspace(-1, 1, 2 * 16 * 16).reshape(2, 16, 16, 1)
+    params = model.init(jax.random.PRNGKey(0), x, patch_size=(8, 8))["params"]
+    assert params["seg"]["proj"]["kernel"].shape == (16, 8 * 8 * 5)
+    for p in (4, 8, 16):
+        logits, aux = model.apply({"params": params}, x, patch_size=(p, p))
+        assert logits.shape == (2, 16, 16, 5) and aux["token_map"].shape[1:3] == (16 // p,) * 2
+        assert np.isfinite(np.asarray(logits)).all()
+    plain = build_model("dense", None, encoder="flexivit", encoder_cfg=enc,
+                        heads=dict(seg=dict(type="segmentation", upsample="subpixel", cell=None)),
+                        head_classes=dict(seg=5))
+    np.testing.assert_array_equal(
+        model.apply({"params": params}, x, patch_size=(8, 8))[0],
+        plain.apply({"params": params}, x, patch_size=(8, 8))[0])
+    # Resizing a cell of constant logits keeps them: a token's logits shrink/grow with its cell.
+    dec = dense.LinearDecoder(3, "subpixel", cell=(4, 4))
+    tm = jnp.ones((1, 2, 2, 8))
+    v = dec.init(jax.random.PRNGKey(1), tm, (8, 8))
+    v = jax.tree.map(jnp.zeros_like, v)
+    v["params"]["proj"]["bias"] = jnp.tile(jnp.arange(3.0), 16)
+    out = dec.apply(v, tm, (4, 4))  # 2x2 tokens, each now 2x2 pixels
+    np.testing.assert_allclose(out, jnp.broadcast_to(jnp.arange(3.0), (1, 4, 4, 3)), atol=1e-6)

@@ -15,8 +15,10 @@ aux being the encoder's aux (with "token_map" (B, h, w, D)). Head types:
   detection       `DetectionHead` on the token map: (B, h * w, 4 + K + 1), per token a box
                   (cy, cx, h, w) in [0, 1] and K + 1 class logits (OWL-ViT; the last is no-object).
   segmentation    `segmentation_head.LinearDecoder` on the token map (option `upsample`:
-                  "bilinear" or "subpixel"): (B, H, W, K) per-pixel logits (Segmenter's
-                  linear decoder / SETR-naive).
+                  "bilinear" or "subpixel"; `cell`: the pixels a subpixel decoder's weights
+                  decode, default FlexiViT's `base_patch_size`, so one decoder serves every
+                  patch size): (B, H, W, K) per-pixel logits (Segmenter's linear decoder /
+                  SETR-naive).
 
 One head per task is the multi-task design (a route's `model_kw=dict(head="det")`), as PolyViT's
 head per task: the encoder is shared, each head is trained only on its route (`active_mask`).
@@ -35,6 +37,7 @@ import jax
 from vitx.models import get_model_module
 from vitx.models.detection_head import DetectionHead
 from vitx.models.segmentation_head import LinearDecoder
+from vitx.utils import pair
 
 Array = jax.Array
 
@@ -74,7 +77,9 @@ class DenseModel(nn.Module):
                              f"use an image model with a token map for head {name!r}")
         if kind == "detection":
             return DetectionHead(self.head_classes[name], name=name)(aux["token_map"])
+        cell = self.heads[name].get("cell")
         return LinearDecoder(self.head_classes[name], self.heads[name].get("upsample", "bilinear"),
+                             None if cell is None else pair(cell, f"model.heads.{name}.cell"),
                              name=name)(aux["token_map"], image_hw)
 
     @nn.compact
@@ -124,6 +129,9 @@ def Model(num_classes: int | None = None, *, variant: str | None = None,  # noqa
     """
     del variant
     encoder, encoder_cfg, heads, classes = _split_cfg(kw)
+    for h in heads.values():  # one subpixel decoder for every patch size of a FlexiViT
+        if h.get("upsample") == "subpixel" and "base_patch_size" in encoder_cfg:
+            h.setdefault("cell", tuple(encoder_cfg["base_patch_size"]))
     if "classification" not in _head_types(heads).values():
         num_classes = None
     enc = get_model_module(encoder).Model(num_classes, **encoder_cfg)

@@ -15,6 +15,10 @@ decoder's patch), so that both upsamplings are exact tilings of the image.
              patch are resolved. Source: Shi et al., "Real-Time Single Image and Video
              Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network",
              CVPR 2016, Sec. 2.2 (sub-pixel convolution).
+             With `cell=(ch, cw)` the layer always gives logits for a ch x cw cell, and each
+             token's cell is resized (bilinear, antialiased when shrinking) to the token's
+             actual (ph, pw) pixels: one set of weights for every patch size of a FlexiViT
+             (the decoder's analogue of PI-resize; FlexiViT, Beyer et al., CVPR 2023, Sec. 3.4).
 
 Params: `norm/{scale, bias}`, `proj/{kernel (D, K) or (D, ph * pw * K), bias}`.
 """
@@ -52,6 +56,8 @@ class LinearDecoder(nn.Module):
     Attributes:
       num_classes: K (for `digit_scenes`: 11, background + 10 digits).
       upsample: "bilinear" (Segmenter's linear decoder) or "subpixel".
+      cell: subpixel only: the (ch, cw) pixels the weights decode, resized to each token's
+        (ph, pw) (FlexiViT: the base patch size); None: the token's own cell at init.
 
     Raises:
       ValueError: an unknown `upsample`; a token grid that does not divide (H, W).
@@ -59,6 +65,7 @@ class LinearDecoder(nn.Module):
 
     num_classes: int
     upsample: str = "bilinear"
+    cell: tuple[int, int] | None = None  # subpixel: the cell the weights decode (None: own)
 
     @nn.compact
     def __call__(self, token_map: Array, image_hw: tuple[int, int]) -> Array:
@@ -72,5 +79,8 @@ class LinearDecoder(nn.Module):
         if self.upsample == "bilinear":
             x = nn.Dense(k, name="proj")(x)
             return jax.image.resize(x, (b, h * ph, w * pw, k), "bilinear")
-        x = nn.Dense(ph * pw * k, name="proj")(x).reshape(b, h, w, ph, pw, k)
+        ch, cw = (ph, pw) if self.cell is None else tuple(self.cell)
+        x = nn.Dense(ch * cw * k, name="proj")(x).reshape(b, h, w, ch, cw, k)
+        if (ch, cw) != (ph, pw):
+            x = jax.image.resize(x, (b, h, w, ph, pw, k), "linear")
         return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * ph, w * pw, k)
