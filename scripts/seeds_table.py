@@ -101,7 +101,8 @@ TABLES = {
               [f"test/accuracy@{p}" for p in FLEXI_SIZES]),
     # Dense outputs (README "Detection and segmentation"): every encoder at the same budget.
     "seg": ("configs/segmentation_digits.py",
-            [(e, f"encoder={e}") for e in DENSE_ENCODERS],
+            [(e, f"encoder={e}") for e in DENSE_ENCODERS]
+            + [("hybrid2400", "encoder=hybrid,steps=2400")],  # ~15 min of one core
             ["test/mIoU", "test/pixel_accuracy"] + [f"test/mIoU@{p}" for p in DENSE_SIZES]),
     "det": ("configs/detection_digits.py",
             [(e, f"encoder={e}") for e in DENSE_ENCODERS],
