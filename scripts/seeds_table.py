@@ -236,7 +236,7 @@ def main() -> int:
         table.append((row.name, cells, short, f"{np.mean(secs):.0f} s" if secs else "–",
                       len(res)))
     same_prefix = len({m.split("/")[0] for m in metrics}) == 1
-    heads = [m.split("/")[-1 if same_prefix else 0] for m in metrics]
+    heads = [m.split("/")[-1] if same_prefix else m for m in metrics]
     if args.transpose:  # a line per metric, a column per run (the FlexiViT table's shape)
         print("| metric | " + " | ".join(name for name, *_ in table) + " |")
         print("|---|" + "---|" * len(table))
