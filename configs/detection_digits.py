@@ -12,6 +12,11 @@ matched token's box has IoU 0.72 with its object on average, 95 % above 0.5; cla
 mAP@0.5 0.34) but the digit classes are not yet (14 % of matched tokens right): the goal
 mAP@0.5 >= 0.75 is not reached at this budget. Seeds 0, 1, 2: mAP@0.5 0.046 +- 0.011 (0.036,
 0.061, 0.039), mAP@[.5:.95] 0.014 +- 0.004; 1,130 +- 132 s of training each (seeds 1 and 2 at once).
+Other encoders, same 600 steps (`python scripts/seeds_table.py det --run --jobs 2`; one core per
+run on an idle 2-core AMD EPYC, seeds 0, 1, 2, population std): `encoder=flexivit` mAP@0.5
+0.017 +- 0.003 (mean of patch 4 / 8 / 16: 0.011 / 0.018 / 0.023), 302 s; `encoder=hybrid`
+0.102 +- 0.025, mAP@[.5:.95] 0.042 +- 0.011, 205 s; `encoder=coatnet` 0.158, mAP@[.5:.95]
+0.064, 1,171 s (seed 0 only).
 
 Model (`model_name="dense"`, `vitx.models.dense`): an image encoder whose token map (B, h, w, D)
 feeds OWL-ViT's per-token heads (Minderer et al., ECCV 2022, Sec. 3.1): every token predicts
