@@ -8,9 +8,9 @@ Command (resumable):
 Measured (`python scripts/seeds_table.py cotrain --run --jobs 2 --rows cotrain`; one core per
 run on an idle 2-core AMD EPYC; seeds 0, 1, 2, population std): digits accuracy 26.9 +- 5.7 %,
 seg mIoU 0.125 +- 0.001 (pixel accuracy 0.844), det mAP@0.5 0.040 +- 0.012 (mAP@[.5:.95]
-0.012 +- 0.004), 308 s of training. Single task (`only=digits`, seed 0): digits accuracy 34.2 %
-(the co-trained seed 0: 30.8 %); the 600-step ViT detector of `configs/detection_digits.py`:
-mAP@0.5 0.046 +- 0.011. Co-training did not help any task at this budget.
+0.012 +- 0.004), 308 s of training. Single task (`only=<task>`, seed 0; the co-trained seed 0
+in brackets): digits accuracy 34.2 % (30.8 %), seg mIoU 0.122 (0.124), det mAP@0.5 0.035
+(0.054): mixed and within the seed spread, co-training neither clearly helped nor hurt here.
 
 One ViT encoder (`model_name="dense"`, `vitx.models.dense`, the encoder of
 `configs/detection_digits.py` and `configs/segmentation_digits.py`) with three heads, one route
