@@ -11,6 +11,7 @@
     python scripts/seeds_table.py flexi --run --rows flexi2400   # only the rows named
     python scripts/seeds_table.py seg --run --jobs 2   # dense outputs (also det, cotrain): 2
                                                        # runs at once, one core each
+    python scripts/seeds_table.py seg --run --jobs 2 --rows coatnet --seed-list 1,2  # those seeds
 
 Each run is `vitx train --config <config>:<args>,seed=<s> --workdir workdirs/<table>_<row>_s<s>
 --config.data_dir=data/tfds` (`--config.seed=<s>` for configs without a seed argument), with
@@ -159,6 +160,23 @@ def fmt_of(metric: str) -> tuple[float, str]:
     return (1, ".4f") if "loss" in last else (1, ".3f")
 
 
+def seeds_of(n: int, seed_list: str = "") -> list[int]:
+    """The seeds to run and print: `seed_list` ("1,2") if given, else 0 .. n-1.
+
+    Raises:
+      ValueError: `seed_list` is not comma-separated ints >= 0.
+    """
+    if not seed_list:
+        return list(range(n))
+    try:
+        seeds = [int(s) for s in seed_list.split(",")]
+    except ValueError:
+        seeds = [-1]
+    if min(seeds) < 0:
+        raise ValueError(f"--seed-list {seed_list}: must be comma-separated ints >= 0, e.g. 1,2")
+    return seeds
+
+
 def waves(rows: list[Row]) -> list[list[Row]]:
     """`rows` in dependency waves: a row runs in a later wave than the rows it builds on."""
     by_name = {r.name: r for r in rows}
@@ -180,7 +198,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("table", choices=sorted(TABLES))
     p.add_argument("--run", action="store_true", help="train the missing runs first")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    p.add_argument("--seed-list", default="",
+                   help="comma-separated seeds to run and print instead (e.g. 1,2)")
     p.add_argument("--rows", default="", help="comma-separated rows to run and print (default: "
                    "all); the rows they build on are run too")
     p.add_argument("--jobs", type=int, default=1,
@@ -188,6 +208,10 @@ def main() -> int:
     p.add_argument("--transpose", action="store_true",
                    help="a line per metric and a column per run (cells mean +- std only)")
     args = p.parse_args()
+    try:
+        seeds = seeds_of(args.seeds, args.seed_list)
+    except ValueError as e:
+        p.error(str(e))
     metrics = TABLES[args.table][2]
     rows = rows_of(args.table)
     by_name = {r.name: r for r in rows}
@@ -205,7 +229,7 @@ def main() -> int:
     if args.run:
         for wave in waves(rows):
             cmds = []
-            for seed in range(args.seeds):
+            for seed in seeds:
                 for row in wave:
                     wd = workdir(args.table, row.name, seed)
                     if not os.path.exists(os.path.join(wd, "results.json")):
@@ -217,7 +241,7 @@ def main() -> int:
         if row.hidden or (wanted and row.name not in wanted):
             continue
         res = []
-        for seed in range(args.seeds):
+        for seed in seeds:
             path = os.path.join(workdir(args.table, row.name, seed), "results.json")
             if os.path.exists(path):
                 with open(path) as f:

@@ -75,3 +75,11 @@ def test_cells_format_accuracy_in_percent_and_dense_metrics_as_fractions():
     assert st.fmt_of("test/mIoU@4") == (1, ".3f")
     assert st.fmt_of("det/mAP50") == (1, ".3f")
     assert st.fmt_of("test/loss") == (1, ".4f")
+
+
+def test_seed_list_picks_the_seeds_to_run():
+    assert st.seeds_of(3) == [0, 1, 2]
+    assert st.seeds_of(3, "1,2") == [1, 2]
+    for bad in ("1,x", "-1", "1,,2"):
+        with pytest.raises(ValueError, match="--seed-list"):
+            st.seeds_of(3, bad)
