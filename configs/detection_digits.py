@@ -32,26 +32,20 @@ per step, evaluated at each), `hybrid` (ResNet stem + ViT), `coatnet` (its last 
 `configs/detection_digits.py:encoder=flexivit,steps=1000`.
 """
 
+import os
+
 import ml_collections
 
 from vitx.config import parse_arg
+from vitx.utils import load_module
 
 IMAGE = 64
 MAX_OBJECTS = 4
 FLEXI_PATCH_SIZES = (4, 8, 16)
-ENCODERS = {
-    "vit": ("vit", dict(variant="mu/8", width=64, depth=4, mlp_dim=128, num_heads=4,
-                        pool_type="gap", posemb="learn", dropout=0.0, scan=False,
-                        dtype_mm="float32")),
-    "flexivit": ("flexivit", dict(variant="mu/8", width=64, depth=4, mlp_dim=128,
-                                  num_heads=4, pool_type="gap", posemb="learn", scan=False,
-                                  base_patch_size=(8, 8), posemb_grid=(8, 8),
-                                  dtype_mm="float32")),
-    "hybrid": ("hybrid", dict(variant="R26x0.125+pico/8", gn_groups=8, width=64, depth=4,
-                              mlp_dim=128, num_heads=4, dtype_mm="float32")),
-    "coatnet": ("coatnet", dict(variant="coatnet-pico", stage_strides=(1, 2, 2, 1),
-                                dtype_mm="float32")),
-}
+#: The encoders (`encoder=` names and their model configs): the segmentation config's, so both
+#: tables compare the same networks.
+ENCODERS = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    "segmentation_digits.py")).ENCODERS
 
 
 def scene_pp(max_objects: int = MAX_OBJECTS) -> str:
