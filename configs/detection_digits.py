@@ -15,8 +15,10 @@ mAP@0.5 >= 0.75 is not reached at this budget. Seeds 0, 1, 2: mAP@0.5 0.046 +- 0
 Other encoders, same 600 steps (`python scripts/seeds_table.py det --run --jobs 2`; one core per
 run on an idle 2-core AMD EPYC, seeds 0, 1, 2, population std): `encoder=flexivit` mAP@0.5
 0.017 +- 0.003 (mean of patch 4 / 8 / 16: 0.011 / 0.018 / 0.023), 302 s; `encoder=hybrid`
-0.102 +- 0.025, mAP@[.5:.95] 0.042 +- 0.011, 205 s; `encoder=coatnet` 0.158, mAP@[.5:.95]
-0.064, 1,171 s (seed 0 only).
+0.102 +- 0.025, mAP@[.5:.95] 0.042 +- 0.011, 205 s; `encoder=coatnet` 0.240 +- 0.074
+(0.136, 0.306, 0.278), mAP@[.5:.95] 0.106 +- 0.032, 559 s (seeds 0, 1, 2 on a 2-core Intel
+Xeon with AMX, one core each; seed 0 on the EPYC gave 0.158: the Hungarian matching makes a
+detection run sensitive to the last bits of XLA's floats, which differ between CPUs).
 
 Model (`model_name="dense"`, `vitx.models.dense`): an image encoder whose token map (B, h, w, D)
 feeds OWL-ViT's per-token heads (Minderer et al., ECCV 2022, Sec. 3.1): every token predicts

@@ -13,8 +13,9 @@ reached at this budget (see README "Detection and segmentation").
 Other encoders, same 800 steps (`python scripts/seeds_table.py seg --run --jobs 2`; one core per
 run on an idle 2-core AMD EPYC, seeds 0, 1, 2, population std): `encoder=flexivit` mIoU
 0.150 +- 0.002 (mean of patch 4 / 8 / 16: 0.151 / 0.157 / 0.143), 445 s; `encoder=hybrid`
-0.464 +- 0.015, pixel accuracy 0.912 +- 0.003, 270 s; `encoder=coatnet` 0.639, pixel accuracy
-0.943, 1,450 s (seed 0 only).
+0.464 +- 0.015, pixel accuracy 0.912 +- 0.003, 270 s; `encoder=coatnet` 0.649 +- 0.012
+(0.639, 0.666, 0.641), pixel accuracy 0.945 +- 0.002, 741 / 886 / 889 s (seeds 0, 1, 2 on a
+2-core Intel Xeon with AMX, one core each; seed 0 on the EPYC: the same 0.639, in 1,450 s).
 `encoder=hybrid,steps=2400` (the goal's ~15 min of one core): mIoU 0.734 +- 0.009 (0.742, 0.738,
 0.722), pixel accuracy 0.955, 985 s (seeds 0, 1, 2): the goal 0.75 is not quite reached.
 
