@@ -110,7 +110,11 @@ def scenes_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 #: Test files that take longest on the 2-core machine (measured: `pytest --durations`), run
-#: first so that the two workers finish together (the short tests fill the gaps at the end).
+#: first so that the workers finish together (the short tests fill the gaps at the end).
+#: xdist's loadgroup queue puts the units with more tests first (`--loadscope-reorder`, its
+#: default: the module-fixture groups), and keeps this order among units of equal size (the
+#: README groups, kill -9, ...); measured on the Xeon at `-n 3`, the three workers ended within
+#: 2 s of each other.
 SLOW_FIRST = ("test_readme.py", "train/test_kill9.py", "train/test_batch_stats.py",
               "train/test_multitask.py", "train/test_multihost.py", "sweep/",
               "test_bad_input.py", "test_bench.py", "test_scripts.py", "test_predict.py")
