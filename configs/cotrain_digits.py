@@ -5,12 +5,13 @@ Command (resumable):
   vitx train --config configs/cotrain_digits.py --workdir workdirs/cotrain_digits \
       --config.data_dir=data/tfds
 
-Measured (`python scripts/seeds_table.py cotrain --run --jobs 2 --rows cotrain`; one core per
-run on an idle 2-core AMD EPYC; seeds 0, 1, 2, population std): digits accuracy 26.9 +- 5.7 %,
-seg mIoU 0.125 +- 0.001 (pixel accuracy 0.844), det mAP@0.5 0.040 +- 0.012 (mAP@[.5:.95]
-0.012 +- 0.004), 308 s of training. Single task (`only=<task>`, seed 0; the co-trained seed 0
-in brackets): digits accuracy 34.2 % (30.8 %), seg mIoU 0.122 (0.124), det mAP@0.5 0.035
-(0.054): mixed and within the seed spread, co-training neither clearly helped nor hurt here.
+Measured (`python scripts/seeds_table.py cotrain --run --jobs 2`; one core per run on a 2-core
+Intel Xeon with AMX; seeds 0, 1, 2, population std): digits accuracy 25.7 +- 4.1 %, seg mIoU
+0.126 +- 0.001 (pixel accuracy 0.844), det mAP@0.5 0.042 +- 0.014 (mAP@[.5:.95] 0.013 +- 0.005),
+184 s of training. Single task (`only=<task>`, same machine and seeds): digits 32.5 +- 1.6 %
+(19 s), seg mIoU 0.122 +- 0.001 (54 s), det mAP@0.5 0.055 +- 0.013 (61 s): co-training costs
+digit accuracy, leaves segmentation a little better and detection within the spread. (AMD
+EPYC, co-trained: digits 26.9 +- 5.7 %, seg 0.125 +- 0.001, det 0.040 +- 0.012, 308 s.)
 
 One ViT encoder (`model_name="dense"`, `vitx.models.dense`, the encoder of
 `configs/detection_digits.py` and `configs/segmentation_digits.py`) with three heads, one route
