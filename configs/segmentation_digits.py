@@ -5,10 +5,10 @@ Command (resumable):
   vitx train --config configs/segmentation_digits.py --workdir workdirs/segmentation_digits \
       --config.data_dir=data/tfds
 
-Measured (defaults: `encoder=vit`, `upsample=subpixel`, 800 steps of batch 32), seeds 0, 1, 2:
-test mIoU 0.174, 0.181, 0.185 (0.180 ± 0.006), pixel accuracy 0.861, 0.863, 0.864
-(0.863 ± 0.001), train time 2,913 / 2,696 / 2,713 s on a 2-core AMD EPYC shared with ~15 other
-jobs (load average ~30; about 10x slower than on an idle machine). The goal mIoU >= 0.75 is not
+Measured (defaults: `encoder=vit`, `upsample=subpixel`, 800 steps of batch 32), seeds 0, 1, 2,
+one core per run on a 2-core Intel Xeon with AMX: test mIoU 0.176, 0.180, 0.182
+(0.179 +- 0.003), pixel accuracy 0.862 +- 0.001, 112 s of training. (On a 2-core AMD EPYC shared
+with ~15 other jobs: 0.174, 0.181, 0.185, 2,700-2,900 s.) The goal mIoU >= 0.75 is not
 reached at this budget (see README "Detection and segmentation").
 Other encoders, same 800 steps (`python scripts/seeds_table.py seg --run --jobs 2`; one core per
 run on an idle 2-core AMD EPYC, seeds 0, 1, 2, population std): `encoder=flexivit` mIoU
