@@ -104,7 +104,7 @@ TABLES = {
     "seg": ("configs/segmentation_digits.py",
             [(e, f"encoder={e}") for e in DENSE_ENCODERS]
             + [("hybrid2400", "encoder=hybrid,steps=2400"),  # ~15 min of an EPYC core
-               ("hybrid4000", "encoder=hybrid,steps=4000")],  # ~15 min of a Xeon core
+               ("hybrid4000", "encoder=hybrid,steps=4000")],  # ~14 min of a Xeon core
             ["test/mIoU", "test/pixel_accuracy"] + [f"test/mIoU@{p}" for p in DENSE_SIZES]),
     "det": ("configs/detection_digits.py",
             [(e, f"encoder={e}") for e in DENSE_ENCODERS],
